@@ -347,11 +347,15 @@ def run_bench(args: argparse.Namespace, procs: Procs, tmpdir: Path) -> dict[str,
     e2e_s = (last_ts - first_send) if (last_ts and first_send) else None
     lat = load["latency_ms"]
     e2e_rate = delivered / e2e_s if e2e_s else 0.0
+    # The same window, counted in events that came in (the bar's unit: 100k in, 25 % filtered,
+    # the rest out). Only meaningful once everything is delivered.
+    e2e_in_rate = load["events_accepted"] / e2e_s if (e2e_s and drained) else 0.0
     rss_mb = hwm_kb / 1024 if hwm_kb else None
     load_cpu = load.get("cpu_s")
     summary = {
         "ingest_events_per_s": load["events_per_s"],
         "e2e_events_per_s": round(e2e_rate, 1),
+        "e2e_input_events_per_s": round(e2e_in_rate, 1),
         "ingest_p50_ms": lat["p50"],
         "ingest_p99_ms": lat["p99"],
         "peak_rss_mb": round(rss_mb, 1) if rss_mb else None,
@@ -364,7 +368,7 @@ def run_bench(args: argparse.Namespace, procs: Procs, tmpdir: Path) -> dict[str,
         "relay_cpu_us_per_event": (round(relay_cpu * 1e6 / load["events_accepted"], 2)
                                    if relay_cpu and load["events_accepted"] else None),
         "meets_bar": {
-            "e2e_events_per_s>=100k": e2e_rate >= BAR_E2E_EVENTS_S,
+            "e2e_input_events_per_s>=100k": e2e_in_rate >= BAR_E2E_EVENTS_S,
             "p99_ms<=15": lat["p99"] is not None and lat["p99"] <= BAR_P99_MS,
             "peak_rss_mb<=100": rss_mb is not None and rss_mb <= BAR_RSS_MB,
             "all_delivered": drained,
@@ -387,7 +391,8 @@ def run_bench(args: argparse.Namespace, procs: Procs, tmpdir: Path) -> dict[str,
         "sink": {**sink_stats, "cpu_s_during_run": round(sink_cpu, 3)},
         "drain": {"expect": args.expect, "wait_s": round(drain_wait_s, 3),
                   "timeout_s": args.drain_timeout, "e2e_window_s": e2e_s},
-        "cpu_s": {"relay": relay_cpu, "sink": round(sink_cpu, 3), "loadgen": load_cpu},
+        "cpu_s": {"relay": summary["relay_cpu_s"], "sink": round(sink_cpu, 2),
+                  "loadgen": load_cpu},
         "metrics": parse_metrics(metrics_text),
     }
 
@@ -411,8 +416,9 @@ def markdown(r: dict[str, Any]) -> str:
         "| metric | value | bar |",
         "| --- | --- | --- |",
         f"| ingest events/s | {s['ingest_events_per_s']:,.0f} | |",
-        f"| end-to-end events/s | {s['e2e_events_per_s']:,.0f} | ≥ 100,000 "
-        f"{mark(bar['e2e_events_per_s>=100k'])} |",
+        f"| end-to-end events/s, delivered | {s['e2e_events_per_s']:,.0f} | |",
+        f"| end-to-end events/s, input | {s['e2e_input_events_per_s']:,.0f} | ≥ 100,000 "
+        f"{mark(bar['e2e_input_events_per_s>=100k'])} |",
         f"| ingest latency p50 / p99 | {s['ingest_p50_ms']} / {s['ingest_p99_ms']} ms | "
         f"p99 ≤ 15 ms {mark(bar['p99_ms<=15'])} |",
         f"| relay peak RSS (VmHWM) | {rss} | ≤ 100 MB {mark(bar['peak_rss_mb<=100'])} |",
@@ -473,6 +479,7 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGINT, _raise_interrupt)  # even when started with SIGINT ignored
     procs = Procs()
     tmp = tempfile.mkdtemp(prefix="relay-bench-", dir=args.tmp_root)
     tmpdir = Path(tmp)
