@@ -1,0 +1,325 @@
+"""Wiring and lifecycle: the one place where the daemon is put together.
+
+``Relay`` owns the spool, the targets and their deliverers, the sources behind the public
+listener, and the admin listener (/metrics, /healthz, /readyz). Start-up order: spool → targets
+→ deliverers → admin → public listener (so nothing is acknowledged before it can be stored).
+Shutdown is the reverse and bounded: stop accepting, finish in-flight requests, let in-flight
+sends finish within the grace period, leave the rest in the spool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from . import systemd
+from .config import Config, load_config, split_host_port
+from .deliver import Deliverer
+from .events import now_ms
+from .ingest import Handler, Ingest, error_response
+from .metrics import RelayMetrics
+from .router import CompiledRoute, Router
+from .schema import ConfigError
+from .sources import SOURCES, Source
+from .spool import Spool, create_spool
+from .targets import TARGETS, Target
+
+logger = logging.getLogger(__name__)
+
+STATS_INTERVAL = 5.0
+STATE_EXPIRY_INTERVAL = 300.0
+
+
+@dataclass
+class Pipeline:
+    """Everything that a config reload replaces: sources, routes, targets."""
+
+    sources: dict[str, Source]
+    router: Router
+    endpoints: dict[tuple[str, str], Handler]
+
+
+def build_targets(config: Config) -> dict[str, Target]:
+    return {name: TARGETS[cfg.type](name, cfg) for name, cfg in config.targets.items()}
+
+
+def build_sources(config: Config) -> dict[str, Source]:
+    return {name: SOURCES[cfg.type](name, cfg) for name, cfg in config.sources.items()}
+
+
+def compile_routes(config: Config, targets: dict[str, Target]) -> list[CompiledRoute]:
+    return [CompiledRoute(route, targets[route.to].accepts) for route in config.routes]
+
+
+class Relay:
+    """The daemon. ``await relay.start()`` … ``await relay.stop()``, or ``relay.run()``."""
+
+    def __init__(self, config: Config, metrics: RelayMetrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics or RelayMetrics()
+        self.spool: Spool = create_spool(config.spool)
+        self.targets: dict[str, Target] = {}
+        self.deliverers: dict[str, Deliverer] = {}
+        self.pipeline: Pipeline | None = None
+        self.ingest: Ingest | None = None
+        self._runners: list[web.AppRunner] = []
+        self._background: list[asyncio.Task[None]] = []
+        self._stop = asyncio.Event()
+        self._started = False
+        self.public_port: int | None = None
+        self.admin_port: int | None = None
+
+    # -- assembling ------------------------------------------------------------------------
+    def _pipeline(self, config: Config, targets: dict[str, Target]) -> Pipeline:
+        router = Router(compile_routes(config, targets), self.spool, self.metrics)
+        sources = build_sources(config)
+        ingest = Ingest(
+            router, self.spool, self.metrics, config.server.max_body, config.server.retry_after
+        )
+        endpoints: dict[tuple[str, str], Handler] = {}
+        for source in sources.values():
+            for endpoint in source.endpoints():
+                endpoints[(endpoint.method, endpoint.path)] = ingest.handler(source, endpoint)
+            for warning in source.warnings():
+                logger.warning("%s", warning)
+        for name in targets:
+            if not any(route.to == name for route in config.routes):
+                logger.warning("target %r has no route; it only drains what is spooled", name)
+        self.ingest = ingest
+        return Pipeline(sources, router, endpoints)
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        """Public listener: one dict look-up to the source endpoint (swappable on reload)."""
+        pipeline = self.pipeline
+        handler = pipeline.endpoints.get((request.method, request.path)) if pipeline else None
+        if handler is None:
+            if pipeline and any(path == request.path for _, path in pipeline.endpoints):
+                return error_response(405, f"{request.method} is not allowed on {request.path}")
+            return error_response(404, f"no source serves {request.path}")
+        return await handler(request)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        cfg = self.config
+        await self.spool.open()
+        self.metrics.spool_limit_bytes.set(getattr(cfg.spool, "max_size", 0))
+        self.targets = build_targets(cfg)
+        for target in self.targets.values():
+            await target.open()
+        self.pipeline = self._pipeline(cfg, self.targets)
+        for target in self.targets.values():
+            self._start_deliverer(target)
+        self._background = [
+            asyncio.create_task(self._refresh_stats(), name="spool-stats"),
+            asyncio.create_task(self._expire_state(), name="state-expiry"),
+        ]
+        self.admin_port = await self._listen(self._admin_app(), cfg.server.admin_listen)
+        public = web.Application(client_max_size=cfg.server.max_body)
+        public.router.add_route("*", "/{tail:.*}", self._dispatch)
+        self.public_port = await self._listen(public, cfg.server.listen)
+        self._started = True
+        logger.info(
+            "statsig-relay listening on %s (admin %s); %d sources, %d routes, %d targets",
+            cfg.server.listen,
+            cfg.server.admin_listen,
+            len(cfg.sources),
+            len(cfg.routes),
+            len(cfg.targets),
+        )
+
+    def _start_deliverer(self, target: Target) -> None:
+        deliverer = Deliverer(target, self.spool, self.metrics)
+        self.deliverers[target.name] = deliverer
+        deliverer.start()
+
+    async def _listen(self, app: web.Application, address: str) -> int:
+        host, port = split_host_port(address)
+        runner = web.AppRunner(
+            app, access_log=None, shutdown_timeout=self.config.server.shutdown_grace
+        )
+        await runner.setup()
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+        await site.start()
+        self._runners.append(runner)
+        return int(runner.addresses[0][1])  # the bound port, also when port 0 was asked for
+
+    async def stop(self) -> None:
+        """Bounded, ordered drain; see the module docstring."""
+        grace = self.config.server.shutdown_grace
+        for runner in reversed(self._runners):  # public first: stop accepting, finish requests
+            await runner.cleanup()
+        self._runners = []
+        await asyncio.gather(*(d.stop(grace) for d in self.deliverers.values()))
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        for target in self.targets.values():
+            await target.close()
+        await self.spool.close()
+
+    async def reload(self, path: str) -> bool:
+        """Apply a changed config without dropping anything; a bad file keeps the old one."""
+        try:
+            new = load_config(path)
+        except ConfigError as exc:
+            self.metrics.config_reloads.labels("error").inc()
+            logger.error("reload refused, keeping the running config: %s", exc)
+            return False
+        if new.server != self.config.server or new.spool != self.config.spool:
+            logger.warning("reload: server and spool settings need a restart; applying the rest")
+        old_targets = self.targets
+        targets: dict[str, Target] = {}
+        for name, cfg in new.targets.items():
+            current = old_targets.get(name)
+            if current is not None and current.config == cfg:
+                targets[name] = current
+            else:
+                targets[name] = TARGETS[cfg.type](name, cfg)
+                await targets[name].open()
+        # Swap what ingest uses first, then retire deliverers of removed or changed targets.
+        new.server, new.spool = self.config.server, self.config.spool
+        self.pipeline = self._pipeline(new, targets)
+        retired = [n for n, t in old_targets.items() if targets.get(n) is not t]
+        await asyncio.gather(
+            *(self.deliverers.pop(n).stop(self.config.server.shutdown_grace) for n in retired)
+        )
+        for name in retired:
+            await old_targets[name].close()
+        self.targets = targets
+        for name, target in targets.items():
+            if name not in self.deliverers:
+                self._start_deliverer(target)
+        self.config = new
+        self.metrics.config_reloads.labels("ok").inc()
+        logger.info(
+            "config reloaded: %d sources, %d routes, %d targets",
+            len(new.sources),
+            len(new.routes),
+            len(new.targets),
+        )
+        return True
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run_until_stopped(self, config_path: str | None = None) -> None:
+        """Start, serve until SIGTERM/SIGINT, reload on SIGHUP, then drain and stop."""
+        loop = asyncio.get_running_loop()
+        await self.start()
+        reloads: list[asyncio.Task[Any]] = []
+
+        def on_hup() -> None:
+            if config_path:
+                reloads.append(asyncio.create_task(self._reload_notified(config_path)))
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+        systemd.notify("READY=1", f"STATUS=relaying; admin on {self.config.server.admin_listen}")
+        watchdog = asyncio.create_task(systemd.watchdog_loop(self.is_healthy))
+        try:
+            await self._stop.wait()
+        finally:
+            systemd.notify("STOPPING=1")
+            logger.info("stopping: draining in-flight requests and sends")
+            watchdog.cancel()
+            await asyncio.gather(*reloads, return_exceptions=True)
+            await self.stop()
+            logger.info("stopped")
+
+    async def _reload_notified(self, path: str) -> None:
+        systemd.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        try:
+            await self.reload(path)
+        finally:
+            systemd.notify("READY=1")
+
+    # -- background work -------------------------------------------------------------------
+    async def _refresh_stats(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                await self.update_spool_metrics()
+            await asyncio.sleep(STATS_INTERVAL)
+
+    async def update_spool_metrics(self) -> None:
+        stats = await self.spool.stats()
+        m = self.metrics
+        now = now_ms()
+        for name in set(self.targets) | set(stats.queued) | set(stats.dead):
+            depth = stats.queued.get(name)
+            m.spool_events.labels(name).set(depth.events if depth else 0)
+            oldest = depth.oldest_received_ms if depth else None
+            m.spool_oldest_age.labels(name).set(max(0, now - oldest) / 1000 if oldest else 0)
+            dead = stats.dead.get(name)
+            m.dlq_events.labels(name).set(dead.events if dead else 0)
+        m.spool_bytes.set(stats.bytes_used)
+
+    async def _expire_state(self) -> None:
+        while True:
+            await asyncio.sleep(STATE_EXPIRY_INTERVAL)
+            expire = getattr(self.spool, "expire_state", None)
+            if expire is not None:
+                with contextlib.suppress(Exception):
+                    await expire(now_ms())
+
+    # -- admin -----------------------------------------------------------------------------
+    def is_healthy(self) -> bool:
+        return all(d.running for d in self.deliverers.values())
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        problems: list[str] = []
+        if not self._started:
+            problems.append("starting")
+        if self.spool.is_full():
+            problems.append("spool is full")
+        for name, deliverer in self.deliverers.items():
+            if not deliverer.running:
+                problems.append(f"target {name}: delivery loop is not running")
+        targets = {}
+        for name, target in self.targets.items():
+            health = target.health
+            targets[name] = {
+                "failing": health.failing,
+                "reason": health.reason,
+                "last_error": self.deliverers[name].last_error if name in self.deliverers else "",
+            }
+            if health.failing:
+                problems.append(f"target {name}: {health.reason}")
+        return not problems, {"ready": not problems, "problems": problems, "targets": targets}
+
+    def _admin_app(self) -> web.Application:
+        app = web.Application()
+
+        async def metrics(_: web.Request) -> web.Response:
+            body = generate_latest(self.metrics.registry)
+            return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+        async def healthz(_: web.Request) -> web.Response:
+            ok = self.is_healthy()
+            return web.Response(
+                status=200 if ok else 503,
+                body=orjson.dumps({"alive": ok}),
+                content_type="application/json",
+            )
+
+        async def readyz(_: web.Request) -> web.Response:
+            ok, detail = self.readiness()
+            return web.Response(
+                status=200 if ok else 503,
+                body=orjson.dumps(detail),
+                content_type="application/json",
+            )
+
+        app.router.add_get("/metrics", metrics)
+        app.router.add_get("/healthz", healthz)
+        app.router.add_get("/readyz", readyz)
+        return app

@@ -1,0 +1,197 @@
+"""The user's interface: the YAML file, loaded and validated once, up front.
+
+``${VAR}`` and ``${VAR:-default}`` are expanded from the environment in every string value;
+``${file:PATH}`` reads a secret from a file (e.g. systemd credentials:
+``${file:${CREDENTIALS_DIRECTORY}/statsig_secret}``). Every error names the YAML path.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .router import RouteConfig
+from .schema import ByteSize, ConfigError, Duration, build
+from .sources import SOURCES, SourceConfig
+from .spool import spool_config
+from .targets import TARGETS, TargetConfig
+
+_VAR = re.compile(r"\$\{([^${}]+)\}")
+
+
+@dataclass(kw_only=True)
+class ServerConfig:
+    listen: str = "0.0.0.0:8080"
+    admin_listen: str = "127.0.0.1:9102"
+    max_body: ByteSize = ByteSize(5 * 1024**2)
+    shutdown_grace: Duration = Duration(20.0)  # finish in-flight work for this long on SIGTERM
+    retry_after: Duration = Duration(5.0)  # Retry-After sent with 503 when the spool is full
+    log_level: str = "info"
+    log_format: str = "text"  # text | json
+
+    def __post_init__(self) -> None:
+        for key in ("listen", "admin_listen"):
+            try:
+                split_host_port(getattr(self, key))
+            except ValueError as exc:
+                raise ConfigError(key, str(exc)) from None
+        if self.log_format not in ("text", "json"):
+            raise ConfigError("log_format", "must be text or json")
+
+
+@dataclass(kw_only=True)
+class Config:
+    server: ServerConfig
+    spool: Any
+    sources: dict[str, SourceConfig]
+    targets: dict[str, TargetConfig]
+    routes: list[RouteConfig]
+    path: str = ""
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` into its parts."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"expected host:port, got {address!r}")
+    host = host.strip("[]")
+    return host or "0.0.0.0", int(port)
+
+
+def expand(value: Any, env: Mapping[str, str], path: str = "") -> Any:
+    """Expand ``${...}`` in every string of a parsed YAML tree; errors name the path."""
+    if isinstance(value, dict):
+        return {k: expand(v, env, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand(v, env, f"{path}[{i}]") for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        expr = match.group(1)
+        if expr.startswith("file:"):
+            file_path = expr[5:]
+            try:
+                return Path(file_path).read_text().strip()
+            except OSError as exc:
+                raise ConfigError(
+                    path, f"cannot read secret file {file_path}: {exc.strerror}"
+                ) from None
+        name, sep, default = expr.partition(":-")
+        if name in env:
+            return env[name]
+        if sep:
+            return default
+        raise ConfigError(path, f"environment variable {name} is not set")
+
+    # Inner expressions first, so ${file:${CREDENTIALS_DIRECTORY}/x} works.
+    previous = None
+    while previous != value and "${" in value:
+        previous, value = value, _VAR.sub(substitute, value)
+    return value
+
+
+def parse_config(text: str, env: Mapping[str, str] | None = None, path: str = "") -> Config:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError("", f"{path or 'config'} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError("", "the config must be a YAML mapping with sources, targets, routes")
+    raw = expand(raw, os.environ if env is None else env)
+    known = {"server", "spool", "sources", "targets", "routes"}
+    for key in raw:
+        if key not in known:
+            raise ConfigError(str(key), f"unknown key; expected one of: {', '.join(sorted(known))}")
+    server = build(ServerConfig, raw.get("server"), "server")
+    spool = spool_config(raw.get("spool"), "spool")
+    sources = _components(
+        raw.get("sources"), "sources", {k: v.config_class for k, v in SOURCES.items()}
+    )
+    targets = _components(
+        raw.get("targets"), "targets", {k: v.config_class for k, v in TARGETS.items()}
+    )
+    routes_raw = raw.get("routes") or []
+    if not isinstance(routes_raw, list):
+        raise ConfigError("routes", "expected a list of routes")
+    routes = [build(RouteConfig, r, f"routes[{i}]") for i, r in enumerate(routes_raw)]
+    _check_routes(routes, sources, targets)
+    _check_paths(sources)
+    return Config(
+        server=server, spool=spool, sources=sources, targets=targets, routes=routes, path=path
+    )
+
+
+def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError("", f"cannot read config {path}: {exc.strerror}") from None
+    return parse_config(text, env, str(path))
+
+
+def _components(raw: Any, section: str, classes: dict[str, type]) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(section, "expected a mapping of name: {type: ..., ...}")
+    built = {}
+    for name, data in raw.items():
+        where = f"{section}.{name}"
+        if not isinstance(data, dict):
+            raise ConfigError(where, "expected a mapping with a type")
+        kind = data.get("type")
+        if kind not in classes:
+            raise ConfigError(
+                f"{where}.type",
+                f"unknown type {kind!r}; one of: {', '.join(sorted(classes))}"
+                if kind
+                else f"required; one of: {', '.join(sorted(classes))}",
+            )
+        built[str(name)] = build(classes[kind], data, where)
+    return built
+
+
+def _check_routes(
+    routes: list[RouteConfig], sources: dict[str, Any], targets: dict[str, Any]
+) -> None:
+    names: set[str] = set()
+    for i, route in enumerate(routes):
+        where = f"routes[{i}]"
+        if route.name in names:
+            raise ConfigError(f"{where}.name", f"duplicate route name {route.name!r}")
+        names.add(route.name)
+        if not route.sources:
+            raise ConfigError(f"{where}.from", "names no source")
+        for j, source in enumerate(route.sources):
+            if source not in sources:
+                raise ConfigError(
+                    f"{where}.from[{j}]",
+                    f"no source named {source!r}; sources: {', '.join(sources) or 'none'}",
+                )
+        if route.to not in targets:
+            known = ", ".join(targets) or "none"
+            raise ConfigError(f"{where}.to", f"no target named {route.to!r}; targets: {known}")
+        try:
+            route.rename_config()
+        except ConfigError as exc:
+            raise ConfigError(f"{where}.{exc.path}", exc.message) from None
+
+
+def _check_paths(sources: dict[str, Any]) -> None:
+    seen: dict[str, str] = {}
+    for name, config in sources.items():
+        source = SOURCES[config.type](name, config)
+        for endpoint in source.endpoints():
+            key = f"{endpoint.method} {endpoint.path}"
+            if key in seen:
+                raise ConfigError(
+                    f"sources.{name}", f"{key} is already served by source {seen[key]!r}"
+                )
+            seen[key] = name

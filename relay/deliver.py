@@ -1,0 +1,326 @@
+"""Delivery: one loop per target, from the spool to the target, with retries and dead letters.
+
+The loop claims due rows (leased), lingers briefly for a fuller batch, and sends with a bounded
+number of requests in flight. Each batch ends in exactly one spool operation:
+
+* delivered → ack;
+* retryable (network, timeout, 408, 429, 5xx but 501) → a few quick retries in process
+  (tenacity: exponential backoff with jitter, Retry-After honoured), then back to the spool with
+  a later next-attempt time; past ``max_attempts`` or ``max_age`` → dead-letter;
+* rejected (other 4xx) → bisect to isolate the bad events; only those are dead-lettered;
+* too large (413) → split and resend;
+* fatal (the target refuses our credentials) → dead-letter, mark the target failing.
+
+A slow or failing target only ever holds its own loop's slots: targets never share a loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_result, stop_after_attempt
+from tenacity.wait import wait_random_exponential
+
+from .events import now_ms
+from .metrics import RelayMetrics
+from .spool.base import DeadRow, NewRow, Spool, SpoolRow, dead_from
+from .targets.base import Batch, Outcome, Target, Verdict
+
+logger = logging.getLogger(__name__)
+
+LEASE_SECONDS = 120.0
+POLL_SECONDS = 1.0  # fallback poll for rows made due by time (retries) or by other processes
+IN_PROCESS_WAIT_CAP = 10.0  # longer Retry-After waits go back to the spool instead
+
+
+@dataclass(slots=True)
+class _Result:
+    """What happened to each part of a claimed batch."""
+
+    delivered: int = 0
+    retry: list[tuple[Batch, Outcome]] = field(default_factory=list)
+    dead: list[tuple[Batch, str]] = field(default_factory=list)
+    fatal: Outcome | None = None
+
+
+class Deliverer:
+    """The delivery loop of one target."""
+
+    def __init__(self, target: Target, spool: Spool, metrics: RelayMetrics) -> None:
+        self.target = target
+        self.spool = spool
+        self.name = target.name
+        self.config = target.config
+        self._slots = asyncio.Semaphore(self.config.concurrency)
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.last_error = ""
+        m = metrics
+        self._m_delivered = m.events_delivered.labels(self.name)
+        self._m_retried = m.events_retried.labels(self.name)
+        self._m_dead = m.events_dead_lettered
+        self._m_requests = m.delivery_requests
+        self._m_latency = m.delivery_latency.labels(self.name)
+        self._m_batch = m.batch_size.labels(self.name)
+        self._m_failing = m.target_failing.labels(self.name)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"deliver-{self.name}")
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def stop(self, grace: float) -> None:
+        """Stop claiming; let sends in flight finish within ``grace``; cancel the rest.
+
+        Cancelled sends leave their rows leased in the spool; they are claimed again after a
+        restart (at-least-once).
+        """
+        self._stopping.set()
+        self.spool.wakeup(self.name).set()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._inflight:
+            _, pending = await asyncio.wait(self._inflight, timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+
+    # -- the loop --------------------------------------------------------------------------
+    async def _run(self) -> None:
+        wakeup = self.spool.wakeup(self.name)
+        cfg = self.config
+        while not self._stopping.is_set():
+            await self._slots.acquire()
+            try:
+                wakeup.clear()
+                rows = await self.spool.claim(
+                    self.name, cfg.batch_max_events, cfg.batch_max_bytes, LEASE_SECONDS
+                )
+                if rows and cfg.linger > 0:
+                    rows = await self._linger(rows, wakeup)
+            except Exception:
+                self._slots.release()
+                logger.exception("target %s: claiming from the spool failed", self.name)
+                await self._sleep(wakeup, POLL_SECONDS)
+                continue
+            if not rows:
+                self._slots.release()
+                await self._sleep(wakeup, POLL_SECONDS)
+                continue
+            task = asyncio.create_task(self._deliver(rows))
+            self._inflight.add(task)
+            task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        self._slots.release()
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("target %s: delivery task failed", self.name, exc_info=task.exception())
+
+    async def _sleep(self, wakeup: asyncio.Event, seconds: float) -> None:
+        if self._stopping.is_set():
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wakeup.wait(), seconds)
+
+    async def _linger(self, rows: list[SpoolRow], wakeup: asyncio.Event) -> list[SpoolRow]:
+        """Top up a small fresh batch with rows arriving within the linger time."""
+        cfg = self.config
+        events = sum(r.count for r in rows)
+        size = sum(len(r.body) for r in rows)
+        deadline = min(r.first_received_ms for r in rows) / 1000 + cfg.linger
+        while events < cfg.batch_max_events and size < cfg.batch_max_bytes:
+            remaining = deadline - time.time()
+            if remaining <= 0 or self._stopping.is_set():
+                break
+            wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wakeup.wait(), remaining)
+            more = await self.spool.claim(
+                self.name,
+                cfg.batch_max_events - events,
+                cfg.batch_max_bytes - size,
+                LEASE_SECONDS,
+            )
+            rows.extend(more)
+            events += sum(r.count for r in more)
+            size += sum(len(r.body) for r in more)
+        return rows
+
+    # -- one claimed batch -----------------------------------------------------------------
+    async def _deliver(self, rows: list[SpoolRow]) -> None:
+        batch = Batch([r.body for r in rows], sum(r.count for r in rows))
+        result = _Result()
+        for chunk in batch.chunks(self.config.batch_max_events, self.config.batch_max_bytes):
+            await self._send_part(chunk, result)
+        await self._settle(rows, batch, result)
+
+    async def _send_part(self, batch: Batch, result: _Result) -> None:
+        if result.fatal is not None:  # the target refuses us: don't keep knocking
+            result.dead.append((batch, result.fatal.reason))
+            return
+        outcome = await self._send_with_retries(batch)
+        verdict = outcome.verdict
+        if verdict is Verdict.OK:
+            result.delivered += batch.count
+            self._m_batch.observe(batch.count)
+            return
+        if verdict is Verdict.RETRY:
+            result.retry.append((batch, outcome))
+            return
+        if verdict is Verdict.FATAL:
+            result.fatal = outcome
+            result.dead.append((batch, outcome.reason))
+            return
+        # REJECT or TOO_LARGE: bisect until the offending events stand alone.
+        if batch.count > 1:
+            for half in batch.halves():
+                if half.count:
+                    await self._send_part(half, result)
+            return
+        result.dead.append((batch, outcome.reason or verdict.value))
+
+    async def _send_with_retries(self, batch: Batch) -> Outcome:
+        attempts = self.config.retries_in_process
+
+        def wait(state: RetryCallState) -> float:
+            outcome = state.outcome.result() if state.outcome else None
+            backoff = wait_random_exponential(multiplier=0.25, max=IN_PROCESS_WAIT_CAP)(state)
+            if outcome is not None and outcome.retry_after is not None:
+                return max(outcome.retry_after, 0.0)
+            return backoff
+
+        def give_up(state: RetryCallState) -> bool:
+            outcome = state.outcome.result() if state.outcome else None
+            if outcome is not None and (outcome.retry_after or 0) > IN_PROCESS_WAIT_CAP:
+                return True  # a long Retry-After: let the spool wait, not a slot
+            return self._stopping.is_set() or stop_after_attempt(attempts)(state)
+
+        retrying = AsyncRetrying(
+            stop=give_up,
+            wait=wait,
+            retry=retry_if_result(lambda o: o.verdict is Verdict.RETRY),
+            retry_error_callback=lambda state: state.outcome.result(),  # type: ignore[union-attr]
+            reraise=True,
+        )
+        outcome: Outcome = await retrying(self._send_once, batch)
+        return outcome
+
+    async def _send_once(self, batch: Batch) -> Outcome:
+        try:
+            outcome = await self.target.send(batch)
+        except Exception as exc:  # a bug in a target must not lose the batch
+            logger.exception("target %s: send raised", self.name)
+            outcome = Outcome(Verdict.RETRY, f"internal error: {type(exc).__name__}")
+        self._m_requests.labels(self.name, outcome.verdict.value).inc()
+        if outcome.verdict is Verdict.RETRY:
+            self._m_retried.inc(batch.count)
+            self.last_error = outcome.reason
+            logger.warning(
+                "target %s: %d events not delivered, will retry: %s",
+                self.name,
+                batch.count,
+                outcome.reason,
+            )
+        elif outcome.verdict is Verdict.FATAL:
+            self._mark_failing(outcome)
+        elif outcome.ok and self.target.health.failing:
+            self.target.health.failing = False
+            self._m_failing.set(0)
+            logger.info("target %s: accepting events again", self.name)
+        return outcome
+
+    def _mark_failing(self, outcome: Outcome) -> None:
+        health = self.target.health
+        if not health.failing:
+            logger.error("target %s: refuses our credentials: %s", self.name, outcome.reason)
+        health.failing = True
+        health.reason = outcome.reason
+        health.since = time.time()
+        self._m_failing.set(1)
+
+    async def _settle(self, rows: list[SpoolRow], batch: Batch, result: _Result) -> None:
+        now = now_ms()
+        first_received = min(r.first_received_ms for r in rows)
+        attempts = max(r.attempts for r in rows) + 1
+        if result.delivered:
+            self._m_delivered.inc(result.delivered)
+            self._m_latency.observe(max(0.0, (now - first_received) / 1000))
+        if not result.retry and not result.dead:
+            await self.spool.ack(rows)
+            return
+        # Whole batch failed transiently: keep the rows, count the attempt.
+        if result.retry and not result.dead and result.delivered == 0 and len(result.retry) == 1:
+            outcome = result.retry[0][1]
+            if self._exhausted(attempts, first_received, now):
+                await self.spool.dead_letter(rows, self._exhausted_reason(attempts, outcome), now)
+                self._m_dead.labels(self.name, "exhausted").inc(batch.count)
+                return
+            await self.spool.retry(rows, now + self._backoff_ms(attempts, outcome), outcome.reason)
+            return
+        # Mixed: replace the claimed rows by what is left to retry and what is dead.
+        template = rows[0]
+        requeue: list[NewRow] = []
+        dead: list[DeadRow] = []
+        for part, outcome in result.retry:
+            if self._exhausted(attempts, first_received, now):
+                result.dead.append((part, self._exhausted_reason(attempts, outcome)))
+                continue
+            requeue.append(
+                NewRow(
+                    self.name,
+                    template.route,
+                    part.json_array(),
+                    part.count,
+                    first_received,
+                    attempts=attempts,
+                    next_attempt_ms=now + self._backoff_ms(attempts, outcome),
+                    last_error=outcome.reason,
+                )
+            )
+        for part, reason in result.dead:
+            dead.append(dead_from(template, reason, now, part.json_array(), part.count))
+            self._m_dead.labels(self.name, _reason_label(reason)).inc(part.count)
+            logger.warning("target %s: dead-lettered %d events: %s", self.name, part.count, reason)
+        await self.spool.settle(rows, requeue, dead)
+
+    def _exhausted(self, attempts: int, first_received_ms: int, now: int) -> bool:
+        return (
+            attempts >= self.config.max_attempts
+            or now - first_received_ms >= self.config.max_age * 1000
+        )
+
+    def _exhausted_reason(self, attempts: int, outcome: Outcome) -> str:
+        return (
+            f"gave up after {attempts} attempts or max_age "
+            f"{self.config.max_age:g}s: {outcome.reason}"
+        )
+
+    def _backoff_ms(self, attempts: int, outcome: Outcome) -> int:
+        """Exponential backoff with full jitter, never sooner than the target's Retry-After."""
+        cfg = self.config
+        ceiling = min(cfg.retry_max, cfg.retry_initial * (2 ** min(attempts - 1, 30)))
+        delay = random.uniform(ceiling / 2, ceiling)
+        if outcome.retry_after is not None:
+            delay = max(delay, outcome.retry_after)
+        return int(delay * 1000)
+
+
+def _reason_label(reason: str) -> str:
+    """A low-cardinality metric label for a dead-letter reason."""
+    if reason.startswith("HTTP "):
+        return reason[:8].strip(": ").replace(" ", "_").lower()  # e.g. http_400
+    if reason.startswith("gave up"):
+        return "exhausted"
+    return reason.split(":", 1)[0].strip().replace(" ", "_").lower()[:32] or "rejected"

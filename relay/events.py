@@ -1,0 +1,171 @@
+"""The one internal event model: a Statsig event as a plain dict.
+
+Keys: ``eventName``, ``user``, ``userID``, ``timestamp`` (int epoch ms), ``value``, ``metadata``,
+``statsigMetadata``, ``timeUUID``, ``unitID``. Sources normalise into it, targets encode from it.
+Events stay plain dicts (no per-event objects) so the hot path is dict look-ups and orjson.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+Event = dict[str, Any]
+
+GATE_EXPOSURE = "gate_exposure"
+CONFIG_EXPOSURE = "config_exposure"
+EXPERIMENT_EXPOSURE = "experiment_exposure"
+LAYER_EXPOSURE = "layer_exposure"
+CONFIG_CHANGE = "config_change"
+STATSIG_INTERNAL = "statsig_internal"
+CUSTOM = "custom"
+
+CATEGORIES = frozenset(
+    {
+        GATE_EXPOSURE,
+        CONFIG_EXPOSURE,
+        EXPERIMENT_EXPOSURE,
+        LAYER_EXPOSURE,
+        CONFIG_CHANGE,
+        STATSIG_INTERNAL,
+        CUSTOM,
+    }
+)
+EXPOSURE_CATEGORIES = frozenset(
+    {GATE_EXPOSURE, CONFIG_EXPOSURE, EXPERIMENT_EXPOSURE, LAYER_EXPOSURE}
+)
+
+_KNOWN_NAMES = {
+    "statsig::gate_exposure": GATE_EXPOSURE,
+    "statsig::config_exposure": CONFIG_EXPOSURE,
+    "statsig::experiment_exposure": EXPERIMENT_EXPOSURE,
+    "statsig::layer_exposure": LAYER_EXPOSURE,
+    "statsig::config_change": CONFIG_CHANGE,
+}
+
+# Keys that older Statsig exports put under statsigMetadata instead of metadata.
+EXPOSURE_KEYS = (
+    "gate",
+    "gateValue",
+    "config",
+    "ruleID",
+    "reason",
+    "time",
+    "experimentGroupName",
+    "gateGroupName",
+    "rulePassed",
+    "allocatedExperiment",
+    "parameterName",
+    "isExplicitParameter",
+)
+
+
+def category_of(event_name: str) -> str:
+    """The routing category of an event name (the table in DESIGN.md)."""
+    known = _KNOWN_NAMES.get(event_name)
+    if known is not None:
+        return known
+    return STATSIG_INTERNAL if event_name.startswith("statsig::") else CUSTOM
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def epoch_ms_from_number(value: float) -> int:
+    """Epoch seconds, ms, µs or ns, told apart by magnitude, as epoch milliseconds."""
+    magnitude = abs(value)
+    if magnitude < 1e11:  # seconds until year 5138
+        return int(value * 1000)
+    if magnitude < 1e14:
+        return int(value)
+    if magnitude < 1e17:
+        return int(value // 1000)
+    return int(value // 1_000_000)
+
+
+def parse_iso8601_ms(text: str) -> int:
+    """An ISO 8601 / RFC 3339 date-time with any offset (``Z`` or none meaning UTC) as epoch ms."""
+    text = text.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    parsed = datetime.fromisoformat(text)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return int(parsed.timestamp() * 1000)
+
+
+def to_epoch_ms(value: Any) -> int:
+    """Normalise a timestamp (number, numeric string, ISO 8601 string) to epoch ms.
+
+    Raises ValueError with a reason when it is none of those.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"timestamp must be a number or a date string, got {value!r}")
+    if isinstance(value, int | float):
+        return epoch_ms_from_number(value)
+    if isinstance(value, str):
+        stripped = value.strip()
+        try:
+            return epoch_ms_from_number(float(stripped))
+        except ValueError:
+            pass
+        try:
+            return parse_iso8601_ms(stripped)
+        except ValueError:
+            raise ValueError(f"timestamp {value[:40]!r} is not epoch time or ISO 8601") from None
+    raise ValueError(f"timestamp must be a number or a date string, got {type(value).__name__}")
+
+
+def iso8601_from_ms(ms: int) -> str:
+    """RFC 3339 in UTC with milliseconds, e.g. ``2024-03-05T17:34:21.095Z``."""
+    return (
+        datetime.fromtimestamp(ms / 1000, tz=UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
+
+
+def exposure_metadata(event: Event) -> dict[str, Any]:
+    """The exposure keys of an event, read from ``metadata`` or the older ``statsigMetadata``."""
+    metadata = event.get("metadata")
+    if isinstance(metadata, dict) and ("gate" in metadata or "config" in metadata):
+        return metadata
+    legacy = event.get("statsigMetadata")
+    if isinstance(legacy, dict):
+        merged = {k: legacy[k] for k in EXPOSURE_KEYS if k in legacy}
+        if isinstance(metadata, dict):
+            merged.update(metadata)
+        return merged
+    return metadata if isinstance(metadata, dict) else {}
+
+
+def get_path(event: Event, dotted: tuple[str, ...]) -> Any:
+    """The value at a dotted path (already split), or None when any part is missing."""
+    value: Any = event
+    for part in dotted:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
+
+
+def unit_id(event: Event) -> str | None:
+    """The ID of the unit the event is about: the ID type named by ``unitID`` if present."""
+    user = event.get("user")
+    user = user if isinstance(user, dict) else {}
+    unit = event.get("unitID")
+    if unit and unit != "userID":
+        custom_ids = user.get("customIDs")
+        if isinstance(custom_ids, dict) and custom_ids.get(unit):
+            return str(custom_ids[unit])
+    uid = event.get("userID") or user.get("userID")
+    if uid:
+        return str(uid)
+    custom_ids = user.get("customIDs")
+    if isinstance(custom_ids, dict):
+        for value in custom_ids.values():
+            if value:
+                return str(value)
+    return None

@@ -1,0 +1,143 @@
+"""Where an event enters: the HTTP handler shared by every source.
+
+Order of work for one request: refuse early when the spool is full (503 + Retry-After); read
+the body within ``server.max_body`` (413), inflating gzip within the same limit; let the source
+authenticate (401/403) and parse (400 with the reason; bad events are skipped and reported);
+route; commit to the spool; only then answer 2xx.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import zlib
+from collections.abc import Awaitable, Callable
+
+import orjson
+from aiohttp import web
+
+from .events import now_ms
+from .metrics import RelayMetrics
+from .router import Router
+from .sources.base import Endpoint, Parsed, Source, SourceError
+from .spool.base import Spool, SpoolFull
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_response(status: int, reason: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=status,
+        body=orjson.dumps({"error": reason}),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+class Ingest:
+    """Builds the request handlers of all sources over one router and spool."""
+
+    def __init__(
+        self, router: Router, spool: Spool, metrics: RelayMetrics, max_body: int, retry_after: float
+    ) -> None:
+        self.router = router
+        self.spool = spool
+        self.metrics = metrics
+        self.max_body = max_body
+        self.retry_after = str(max(1, round(retry_after)))
+
+    def handler(self, source: Source, endpoint: Endpoint) -> Handler:
+        m = self.metrics
+        received = m.events_received.labels(source.name)
+        latency = m.ingest_latency.labels(source.name)
+        requests = m.requests
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            started = time.perf_counter()
+            response = await self._handle(source, endpoint, request, received)
+            requests.labels(source.name, str(response.status)).inc()
+            latency.observe(time.perf_counter() - started)
+            return response
+
+        return handle
+
+    async def _handle(
+        self, source: Source, endpoint: Endpoint, request: web.Request, received_counter: object
+    ) -> web.StreamResponse:
+        rejected = self.metrics.events_rejected
+        if self.spool.is_full():
+            rejected.labels(source.name, "spool_full").inc()
+            return error_response(
+                503, "spool is full; retry later", {"Retry-After": self.retry_after}
+            )
+        try:
+            body = await self._read_body(request, source)
+            source.authenticate(request, endpoint, body)
+            received_ms = now_ms()
+            parsed = source.parse(request, endpoint, body, received_ms)
+        except SourceError as exc:
+            rejected.labels(source.name, exc.metric_reason).inc()
+            if exc.status in (401, 403):
+                logger.warning(
+                    "source %s: refused request from %s: %s",
+                    source.name,
+                    request.remote,
+                    exc.reason,
+                )
+            return error_response(exc.status, exc.reason)
+        if parsed.reply is not None:
+            return parsed.reply
+        if parsed.error_count:
+            rejected.labels(source.name, "malformed_event").inc(parsed.error_count)
+        events = parsed.events
+        if events:
+            received_counter.inc(len(events))  # type: ignore[attr-defined]
+        try:
+            routed = await self.router.route(source.name, events, received_ms)
+            await self.spool.enqueue(routed.rows, routed.state_keys)
+        except SpoolFull:
+            rejected.labels(source.name, "spool_full").inc(len(events))
+            return error_response(
+                503, "spool is full; retry later", {"Retry-After": self.retry_after}
+            )
+        except Exception:
+            logger.exception(
+                "source %s: could not commit %d events to the spool", source.name, len(events)
+            )
+            self.metrics.spool_commits.inc()
+            return error_response(
+                503, "could not store the events; retry later", {"Retry-After": self.retry_after}
+            )
+        return source.answer(parsed, len(events))
+
+    async def _read_body(self, request: web.Request, source: Source) -> bytes:
+        if request.content_length is not None and request.content_length > self.max_body:
+            raise SourceError(
+                413,
+                f"body of {request.content_length} bytes is over the {self.max_body} byte limit",
+            )
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise SourceError(413, f"body is over the {self.max_body} byte limit") from None
+        encoding = request.headers.get("Content-Encoding", "").lower()
+        if encoding == "gzip" and body[:2] == b"\x1f\x8b":
+            if not source.accepts_gzip:
+                raise SourceError(415, "gzip bodies are not accepted here", "unsupported")
+            body = self._gunzip(body)
+        return body
+
+    def _gunzip(self, body: bytes) -> bytes:
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            data = inflater.decompress(body, self.max_body + 1)
+        except zlib.error as exc:
+            raise SourceError(400, f"body is not valid gzip: {exc}") from None
+        if len(data) > self.max_body or inflater.unconsumed_tail:
+            raise SourceError(413, f"inflated body is over the {self.max_body} byte limit")
+        return data
+
+
+__all__ = ["Ingest", "Parsed", "error_response"]

@@ -1,0 +1,12 @@
+"""Sources by ``type`` name. Adding a source: one module here and one line in SOURCES."""
+
+from __future__ import annotations
+
+from .base import Endpoint, Parsed, Source, SourceConfig, SourceError
+from .statsig_webhook import StatsigWebhookSource
+
+SOURCES: dict[str, type[Source]] = {
+    "statsig_webhook": StatsigWebhookSource,
+}
+
+__all__ = ["SOURCES", "Endpoint", "Parsed", "Source", "SourceConfig", "SourceError"]

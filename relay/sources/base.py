@@ -1,0 +1,129 @@
+"""What every source shares: config, the parse contract and the errors it may raise.
+
+A source owns HTTP paths. For each request the ingest handler (relay/ingest.py) reads the body
+within the size limit, then calls :meth:`Source.authenticate` and :meth:`Source.parse`; the
+source returns normalised Statsig events plus per-event errors. One bad event never fails the
+batch: it becomes an entry in ``errors`` and the rest go on.
+"""
+
+from __future__ import annotations
+
+import hmac
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import orjson
+from aiohttp import web
+
+from ..events import Event
+
+
+@dataclass(kw_only=True)
+class SourceConfig:
+    type: str
+
+
+class SourceError(Exception):
+    """A request-level refusal: the status to answer and a reason safe to show the sender."""
+
+    def __init__(self, status: int, reason: str, metric_reason: str = "") -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.metric_reason = metric_reason or {
+            400: "malformed",
+            401: "unauthorized",
+            403: "forbidden",
+            413: "too_large",
+        }.get(status, "refused")
+
+
+@dataclass(slots=True)
+class Parsed:
+    """The result of parsing one request."""
+
+    events: list[Event] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # "event 3: reason", at most a few kept
+    error_count: int = 0
+    reply: web.StreamResponse | None = None  # answer at once, spool nothing (e.g. handshakes)
+    # Keys for source-level dedup (e.g. Segment messageId), stored with the events' commit.
+    dedup_keys: list[str | None] = field(default_factory=list)
+
+    def reject(self, index: int, reason: str) -> None:
+        self.error_count += 1
+        if len(self.errors) < 10:
+            self.errors.append(f"event {index}: {reason}")
+
+
+@dataclass(slots=True, frozen=True)
+class Endpoint:
+    """One path a source answers; ``path`` may hold aiohttp placeholders like ``{tail:.*}``."""
+
+    path: str
+    method: str = "POST"
+    kind: str = ""  # what the source should make of it (e.g. "track", "batch")
+
+
+class Source(ABC):
+    """An HTTP ingest endpoint. Subclasses set ``kind`` and ``config_class``."""
+
+    kind: ClassVar[str]
+    config_class: ClassVar[type[SourceConfig]]
+    # Sources whose SDKs gzip their bodies; the ingest handler inflates within max_body.
+    accepts_gzip: ClassVar[bool] = True
+
+    def __init__(self, name: str, config: SourceConfig) -> None:
+        self.name = name
+        self.config = config
+
+    @abstractmethod
+    def endpoints(self) -> Sequence[Endpoint]:
+        """The paths this source owns."""
+
+    def authenticate(self, request: web.Request, endpoint: Endpoint, body: bytes) -> None:
+        """Raise SourceError(401/403) unless the request is allowed. Default: open."""
+        return None
+
+    @abstractmethod
+    def parse(
+        self, request: web.Request, endpoint: Endpoint, body: bytes, received_ms: int
+    ) -> Parsed:
+        """Parse and normalise; raise SourceError(400) only when nothing in it is usable."""
+
+    def answer(self, parsed: Parsed, accepted: int) -> web.Response:
+        """The success answer; override to look like the service the sender expects."""
+        payload: dict[str, Any] = {"accepted": accepted, "rejected": parsed.error_count}
+        if parsed.errors:
+            payload["errors"] = parsed.errors
+        return web.Response(body=orjson.dumps(payload), content_type="application/json")
+
+    def describe(self) -> str:
+        """One line for ``statsig-relay check``; never includes secrets."""
+        return ", ".join(f"{e.method} {e.path}" for e in self.endpoints())
+
+    def warnings(self) -> list[str]:
+        """Things a user should know at start-up (e.g. running without authentication)."""
+        return []
+
+
+def load_json(body: bytes) -> Any:
+    """Parse JSON or raise SourceError(400) with the parser's reason."""
+    if not body.strip():
+        raise SourceError(400, "empty body; expected JSON")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise SourceError(400, f"malformed JSON: {exc}") from None
+
+
+def key_matches(presented: str | None, keys: Sequence[str]) -> bool:
+    """Constant-time membership test of a presented API key against the configured ones."""
+    if not presented:
+        return False
+    candidate = presented.encode()
+    found = False
+    for key in keys:
+        found |= hmac.compare_digest(candidate, key.encode())
+    return found

@@ -1,0 +1,185 @@
+"""Statsig's outgoing Generic Webhook: signed batches of exports from a Statsig project.
+
+Accepts both documented bodies (a bare array and ``{"data": [...]}``), timestamps as numbers or
+numeric strings, exposure keys under ``metadata`` or the older ``statsigMetadata``. Verifies
+``X-Statsig-Signature`` = ``v0=`` + hex HMAC-SHA256(secret, ``v0:{timestamp}:{body}``) against
+every configured secret (rotation) and rejects timestamps outside the tolerance (replays).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+from aiohttp import web
+
+from ..events import EXPOSURE_CATEGORIES, EXPOSURE_KEYS, Event, category_of, to_epoch_ms
+from ..schema import ConfigError, Duration
+from .base import Endpoint, Parsed, Source, SourceConfig, SourceError, load_json
+
+logger = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "X-Statsig-Signature"
+TIMESTAMP_HEADER = "X-Statsig-Request-Timestamp"
+
+
+@dataclass(kw_only=True)
+class StatsigWebhookConfig(SourceConfig):
+    type: Literal["statsig_webhook"] = "statsig_webhook"
+    path: str = "/webhooks/statsig"
+    signing_secret: str | None = None
+    signing_secrets: list[str] = field(default_factory=list)  # several, while rotating
+    tolerance: Duration = Duration(300.0)  # accepted clock difference of the signature time
+    # With no secret configured, unsigned requests are accepted (and a warning is logged).
+    require_signature: bool | None = None
+
+    def __post_init__(self) -> None:
+        if not self.path.startswith("/"):
+            raise ConfigError("path", f"must start with '/', got {self.path!r}")
+        if self.require_signature and not self.secrets():
+            raise ConfigError("signing_secret", "require_signature is on but no secret is set")
+
+    def secrets(self) -> list[bytes]:
+        found = [self.signing_secret] if self.signing_secret else []
+        return [s.encode() for s in [*found, *self.signing_secrets] if s]
+
+
+def sign(secret: bytes, timestamp: str, body: bytes) -> str:
+    """The ``X-Statsig-Signature`` value Statsig sends for ``body`` at ``timestamp`` (ms)."""
+    mac = hmac.new(secret, b"v0:" + timestamp.encode() + b":" + body, hashlib.sha256)
+    return "v0=" + mac.hexdigest()
+
+
+class StatsigWebhookSource(Source):
+    kind = "statsig_webhook"
+    config_class = StatsigWebhookConfig
+    config: StatsigWebhookConfig
+    accepts_gzip = False  # the signature covers the bytes as sent
+
+    def __init__(self, name: str, config: StatsigWebhookConfig) -> None:
+        super().__init__(name, config)
+        self._secrets = config.secrets()
+        self._require = (
+            bool(self._secrets) if config.require_signature is None else (config.require_signature)
+        )
+
+    def endpoints(self) -> list[Endpoint]:
+        return [Endpoint(self.config.path)]
+
+    def warnings(self) -> list[str]:
+        if not self._require:
+            return [f"source {self.name!r} accepts unsigned requests: set signing_secret"]
+        return []
+
+    def authenticate(self, request: web.Request, endpoint: Endpoint, body: bytes) -> None:
+        if not self._require:
+            return
+        signature = request.headers.get(SIGNATURE_HEADER)
+        timestamp = request.headers.get(TIMESTAMP_HEADER)
+        if not signature or not timestamp:
+            if is_url_verification(body):
+                return  # Statsig's set-up handshake comes unsigned; parse() answers it
+            raise SourceError(401, f"missing {SIGNATURE_HEADER} or {TIMESTAMP_HEADER}")
+        try:
+            sent_ms = int(timestamp)
+        except ValueError:
+            raise SourceError(401, f"{TIMESTAMP_HEADER} is not epoch milliseconds") from None
+        skew = abs(time.time() * 1000 - sent_ms) / 1000
+        if skew > self.config.tolerance:
+            raise SourceError(
+                401,
+                f"signature timestamp is {skew:.0f}s away from now (tolerance "
+                f"{self.config.tolerance:g}s)",
+                "stale_signature",
+            )
+        presented = signature.strip().encode()
+        valid = False
+        for secret in self._secrets:
+            valid |= hmac.compare_digest(presented, sign(secret, timestamp, body).encode())
+        if not valid:
+            raise SourceError(401, "signature does not match", "bad_signature")
+
+    def parse(
+        self, request: web.Request, endpoint: Endpoint, body: bytes, received_ms: int
+    ) -> Parsed:
+        document = load_json(body)
+        if isinstance(document, dict):
+            data = document.get("data")
+            if isinstance(data, dict) and data.get("event") == "url_verification":
+                code = data.get("verification_code")
+                logger.info("source %s: answered Statsig's url_verification", self.name)
+                return Parsed(
+                    reply=web.Response(
+                        body=orjson.dumps({"verification_code": code}),
+                        content_type="application/json",
+                    )
+                )
+            if not isinstance(data, list):
+                raise SourceError(400, 'expected a JSON array of events or {"data": [...]}')
+            items: list[Any] = data
+        elif isinstance(document, list):
+            items = document
+        else:
+            raise SourceError(400, 'expected a JSON array of events or {"data": [...]}')
+        parsed = Parsed()
+        events = parsed.events
+        for index, item in enumerate(items):
+            problem = normalise_export(item, received_ms)
+            if problem is None:
+                events.append(item)
+            else:
+                parsed.reject(index, problem)
+        return parsed
+
+
+def is_url_verification(body: bytes) -> bool:
+    """Whether ``body`` is the (unsigned) url_verification handshake and nothing else."""
+    if b"url_verification" not in body or len(body) > 4096:
+        return False
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False
+    data = document.get("data") if isinstance(document, dict) else None
+    return isinstance(data, dict) and data.get("event") == "url_verification"
+
+
+def normalise_export(item: Any, received_ms: int) -> str | None:
+    """Normalise one exported event in place; returns why it is unusable, or None."""
+    if not isinstance(item, dict):
+        return f"expected an object, got {type(item).__name__}"
+    event: Event = item
+    name = event.get("eventName")
+    if not isinstance(name, str) or not name:
+        return "missing eventName"
+    timestamp = event.get("timestamp")
+    if timestamp is None:
+        event["timestamp"] = received_ms
+    elif type(timestamp) is not int:
+        try:
+            event["timestamp"] = to_epoch_ms(timestamp)
+        except ValueError as exc:
+            return str(exc)
+    if name.startswith("statsig::") and category_of(name) in EXPOSURE_CATEGORIES:
+        _lift_legacy_exposure(event)
+    return None
+
+
+def _lift_legacy_exposure(event: Event) -> None:
+    """Older exports keep exposure keys under statsigMetadata: copy them into metadata."""
+    metadata = event.get("metadata")
+    if not isinstance(metadata, dict):
+        metadata = event["metadata"] = {}
+    legacy = event.get("statsigMetadata")
+    if isinstance(legacy, dict) and "gate" not in metadata and "config" not in metadata:
+        for key in EXPOSURE_KEYS:
+            if key in legacy and key not in metadata:
+                metadata[key] = legacy[key]
+    gate_value = metadata.get("gateValue")
+    if isinstance(gate_value, bool):
+        metadata["gateValue"] = "true" if gate_value else "false"

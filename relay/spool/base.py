@@ -1,0 +1,185 @@
+"""The spool: the durable queue between ingest and delivery.
+
+Contract every backend keeps:
+
+* A row is a batch of events for one target (an orjson-encoded JSON array), never one row per
+  event, with its attempt count, next-attempt time, claim lease and first receive time.
+* :meth:`Spool.enqueue` returns only after the rows are durable; concurrent callers share one
+  commit (group commit). The sender's 2xx is sent after it returns.
+* A claimed row is leased: if the claimer dies, the lease runs out and the row is claimed again
+  (at-least-once). Every claimed row ends in exactly one of ack, retry, settle or dead-letter.
+* Dedup / first-exposure keys (:meth:`Spool.seen_keys`) live beside the rows and are written in
+  the same commit as the rows they let through, so a crash never drops an unacknowledged event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+
+class SpoolFull(Exception):
+    """The spool is over its size limit; ingest answers 503 with Retry-After."""
+
+
+@dataclass(slots=True)
+class NewRow:
+    """A batch of events for one target, about to be enqueued."""
+
+    target: str
+    route: str
+    body: bytes  # JSON array of events
+    count: int
+    first_received_ms: int
+    attempts: int = 0
+    next_attempt_ms: int = 0
+    last_error: str = ""
+
+
+@dataclass(slots=True)
+class SpoolRow:
+    """A claimed row; ``id`` is backend-specific (int for SQLite, stream id for Redis)."""
+
+    id: int | str
+    target: str
+    route: str
+    body: bytes
+    count: int
+    first_received_ms: int
+    attempts: int
+
+
+@dataclass(slots=True)
+class DeadRow:
+    """A dead-lettered batch with why it died."""
+
+    id: int | str
+    target: str
+    route: str
+    body: bytes
+    count: int
+    first_received_ms: int
+    attempts: int
+    dead_at_ms: int
+    reason: str
+
+
+@dataclass(slots=True)
+class TargetDepth:
+    rows: int = 0
+    events: int = 0
+    oldest_received_ms: int | None = None
+
+
+@dataclass(slots=True)
+class SpoolStats:
+    queued: dict[str, TargetDepth] = field(default_factory=dict)
+    dead: dict[str, TargetDepth] = field(default_factory=dict)
+    bytes_used: int = 0
+
+
+class Spool(ABC):
+    """The interface the router, the deliverers and the DLQ commands use."""
+
+    def __init__(self) -> None:
+        self._wakeups: dict[str, asyncio.Event] = {}
+
+    # -- lifecycle -------------------------------------------------------------------------
+    @abstractmethod
+    async def open(self) -> None: ...
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    # -- ingest ----------------------------------------------------------------------------
+    @abstractmethod
+    def is_full(self) -> bool:
+        """True when ingest must refuse new events (over ``max_size``)."""
+
+    @abstractmethod
+    async def enqueue(
+        self, rows: Sequence[NewRow], state_keys: Sequence[tuple[str, int]] = ()
+    ) -> None:
+        """Durably add rows (and dedup keys with their expiry in epoch ms) in one commit.
+
+        Raises :class:`SpoolFull` when over the size limit.
+        """
+
+    @abstractmethod
+    async def seen_keys(self, keys: Sequence[str], now_ms: int) -> set[str]:
+        """Which of ``keys`` are stored and not yet expired."""
+
+    # -- delivery --------------------------------------------------------------------------
+    @abstractmethod
+    async def claim(
+        self, target: str, max_events: int, max_bytes: int, lease_s: float
+    ) -> list[SpoolRow]:
+        """Lease due rows of ``target`` in receive order, up to the limits (at least one row)."""
+
+    @abstractmethod
+    async def ack(self, rows: Sequence[SpoolRow]) -> None:
+        """Delivered: remove the rows."""
+
+    @abstractmethod
+    async def retry(self, rows: Sequence[SpoolRow], next_attempt_ms: int, error: str) -> None:
+        """Not delivered yet: count an attempt, release the lease, try again later."""
+
+    @abstractmethod
+    async def settle(
+        self, rows: Sequence[SpoolRow], requeue: Sequence[NewRow], dead: Sequence[DeadRow]
+    ) -> None:
+        """Replace claimed rows atomically by what is left to retry and what is dead."""
+
+    async def dead_letter(self, rows: Sequence[SpoolRow], reason: str, now_ms: int) -> None:
+        await self.settle(rows, (), [dead_from(row, reason, now_ms) for row in rows])
+
+    # -- observation and the dead-letter queue ---------------------------------------------
+    @abstractmethod
+    async def stats(self) -> SpoolStats: ...
+
+    @abstractmethod
+    async def dead_rows(self, target: str | None = None, limit: int = 100) -> list[DeadRow]: ...
+
+    @abstractmethod
+    async def replay_dead(self, target: str | None = None, ids: Iterable[str] = ()) -> int:
+        """Move dead rows back to the queue (attempts reset); returns the events moved."""
+
+    @abstractmethod
+    async def purge_dead(self, target: str | None = None, ids: Iterable[str] = ()) -> int:
+        """Delete dead rows for good; returns the events deleted."""
+
+    # -- wake-ups: deliverers sleep until ingest commits rows for their target --------------
+    def wakeup(self, target: str) -> asyncio.Event:
+        event = self._wakeups.get(target)
+        if event is None:
+            event = self._wakeups[target] = asyncio.Event()
+        return event
+
+    def _notify(self, targets: Iterable[str]) -> None:
+        for target in targets:
+            event = self._wakeups.get(target)
+            if event is not None:
+                event.set()
+
+
+def dead_from(
+    row: SpoolRow | NewRow,
+    reason: str,
+    now_ms: int,
+    body: bytes | None = None,
+    count: int | None = None,
+) -> DeadRow:
+    """A DeadRow for (part of) a row; ``body``/``count`` narrow it to the events that failed."""
+    return DeadRow(
+        id=getattr(row, "id", 0),
+        target=row.target,
+        route=row.route,
+        body=row.body if body is None else body,
+        count=row.count if count is None else count,
+        first_received_ms=row.first_received_ms,
+        attempts=row.attempts,
+        dead_at_ms=now_ms,
+        reason=reason[:500],
+    )

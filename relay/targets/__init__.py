@@ -1,0 +1,16 @@
+"""Targets by ``type`` name. Adding a target: one module here and one line in TARGETS."""
+
+from __future__ import annotations
+
+from .base import Batch, Outcome, Target, TargetConfig, Verdict
+from .file import FileTarget
+from .fivetran import FivetranTarget
+from .webhook import WebhookTarget
+
+TARGETS: dict[str, type[Target]] = {
+    "webhook": WebhookTarget,
+    "fivetran": FivetranTarget,
+    "file": FileTarget,
+}
+
+__all__ = ["TARGETS", "Batch", "Outcome", "Target", "TargetConfig", "Verdict"]

@@ -1,0 +1,269 @@
+"""What every target shares: its config, the batch it sends, and how answers are read.
+
+A target knows only its wire format: ``send(batch) -> Outcome``. Retrying, splitting and
+dead-lettering are the deliverer's job (relay/deliver.py), driven by the :class:`Outcome`.
+Transport errors and HTTP answers are translated to an Outcome in one place,
+:func:`classify_response` / :meth:`Target.post`.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import ClassVar
+
+import aiohttp
+import orjson
+
+from ..events import Event
+from ..schema import ByteSize, Duration
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(kw_only=True)
+class TargetConfig:
+    """Settings every target has; a target's own config subclasses this."""
+
+    type: str
+    batch_max_events: int = 500
+    batch_max_bytes: ByteSize = ByteSize(4 * 1024**2)
+    linger: Duration = Duration(0.2)  # wait this long for a fuller batch
+    concurrency: int = 4  # requests in flight at once
+    timeout: Duration = Duration(10.0)  # per request
+    retries_in_process: int = 3  # quick retries before the batch goes back to the spool
+    retry_initial: Duration = Duration(1.0)  # spool backoff: initial, doubled each attempt
+    retry_max: Duration = Duration(600.0)  # spool backoff cap
+    max_attempts: int = 30  # then dead-letter
+    max_age: Duration = Duration(7 * 86400.0)  # then dead-letter
+
+    def __post_init__(self) -> None:
+        from ..schema import ConfigError
+
+        for name in ("batch_max_events", "concurrency", "max_attempts"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, "must be at least 1")
+        if self.retries_in_process < 1:
+            raise ConfigError("retries_in_process", "must be at least 1")
+
+
+class Verdict(Enum):
+    OK = "ok"
+    RETRY = "retry"  # transient: try the same batch again later
+    REJECT = "reject"  # permanent for (some of) these events: isolate them, dead-letter those
+    TOO_LARGE = "too_large"  # split and resend; a single event this large is dead
+    FATAL = "fatal"  # the target refuses us (bad key): dead-letter without splitting
+
+
+@dataclass(slots=True, frozen=True)
+class Outcome:
+    verdict: Verdict
+    reason: str = ""
+    retry_after: float | None = None  # seconds, from Retry-After
+    status: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.verdict is Verdict.OK
+
+
+DELIVERED = Outcome(Verdict.OK)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def classify_response(status: int, headers: Mapping[str, str], body: str = "") -> Outcome:
+    """The one rule from an HTTP answer to a delivery verdict.
+
+    2xx ok; 408, 429 and 5xx but 501 retry (Retry-After honoured); 413 split; other 4xx and
+    501 are permanent for the events sent.
+    """
+    if 200 <= status < 300:
+        return DELIVERED
+    reason = f"HTTP {status}" + (f": {body[:200]}" if body else "")
+    if status in (408, 429) or (500 <= status < 600 and status != 501):
+        return Outcome(Verdict.RETRY, reason, parse_retry_after(headers.get("Retry-After")), status)
+    if status == 413:
+        return Outcome(Verdict.TOO_LARGE, reason, status=status)
+    return Outcome(Verdict.REJECT, reason, status=status)
+
+
+class Batch:
+    """Events for one request, kept as the spool's JSON arrays until someone needs dicts.
+
+    A target that forwards events unchanged sends :meth:`json_array`, spliced from the stored
+    bytes without parsing; one that re-encodes calls :meth:`events` (parsed once, cached).
+    """
+
+    __slots__ = ("_bodies", "_events", "count")
+
+    def __init__(self, bodies: Sequence[bytes], count: int, events: list[Event] | None = None):
+        self._bodies = list(bodies)
+        self._events = events
+        self.count = count
+
+    @classmethod
+    def of_events(cls, events: list[Event]) -> Batch:
+        return cls((), len(events), events)
+
+    def events(self) -> list[Event]:
+        if self._events is None:
+            events: list[Event] = []
+            for body in self._bodies:
+                events.extend(orjson.loads(body))
+            self._events = events
+        return self._events
+
+    def json_array(self) -> bytes:
+        if self._events is not None:
+            return orjson.dumps(self._events)
+        if len(self._bodies) == 1:
+            return self._bodies[0]
+        inner = [body[1:-1] for body in self._bodies if len(body) > 2]
+        return b"[" + b",".join(inner) + b"]"
+
+    def size(self) -> int:
+        """Bytes of the stored JSON (an estimate once events were changed in memory)."""
+        if self._bodies:
+            return sum(len(b) for b in self._bodies)
+        return len(orjson.dumps(self._events))
+
+    def halves(self) -> tuple[Batch, Batch]:
+        events = self.events()
+        middle = len(events) // 2
+        return Batch.of_events(events[:middle]), Batch.of_events(events[middle:])
+
+    def chunks(self, max_events: int, max_bytes: int) -> list[Batch]:
+        """Split to respect a target's limits; no parsing when already within them."""
+        if self.count <= max_events and (not self._bodies or self.size() <= max_bytes):
+            return [self]
+        events = self.events()
+        out: list[Batch] = []
+        current: list[Event] = []
+        size = 2
+        for event in events:
+            event_size = len(orjson.dumps(event)) + 1
+            if current and (len(current) >= max_events or size + event_size > max_bytes):
+                out.append(Batch.of_events(current))
+                current, size = [], 2
+            current.append(event)
+            size += event_size
+        if current:
+            out.append(Batch.of_events(current))
+        return out
+
+
+@dataclass
+class TargetHealth:
+    """What /readyz says about a target; set when the target refuses our credentials."""
+
+    failing: bool = False
+    reason: str = ""
+    since: float = field(default_factory=time.time)
+
+
+class Target(ABC):
+    """A destination. Subclasses set ``config_class`` and implement :meth:`send`.
+
+    Contract: ``send`` never raises for a transport or HTTP failure; it returns an Outcome.
+    ``accepts(category)`` lets a target refuse kinds of events it cannot carry (counted drops).
+    """
+
+    kind: ClassVar[str]
+    config_class: ClassVar[type[TargetConfig]]
+
+    def __init__(self, name: str, config: TargetConfig) -> None:
+        self.name = name
+        self.config = config
+        self.health = TargetHealth()
+        self._session: aiohttp.ClientSession | None = None
+
+    def accepts(self, category: str) -> bool:
+        """Whether this target carries events of ``category`` at all."""
+        return True
+
+    async def open(self) -> None:
+        """Open the HTTP session; called inside the running loop."""
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.config.timeout),
+            connector=aiohttp.TCPConnector(limit=max(self.config.concurrency * 2, 4)),
+            json_serialize=lambda obj: orjson.dumps(obj).decode(),
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError(f"target {self.name} is not open")
+        return self._session
+
+    @abstractmethod
+    async def send(self, batch: Batch) -> Outcome:
+        """Deliver one batch (already within the configured limits)."""
+
+    def classify(self, status: int, headers: Mapping[str, str], body: str) -> Outcome:
+        """Read an answer; override for a service whose codes mean something else."""
+        return classify_response(status, headers, body)
+
+    async def post(
+        self, url: str, body: bytes, headers: Mapping[str, str] | None = None
+    ) -> Outcome:
+        """POST and translate every transport error and answer to an Outcome."""
+        try:
+            async with self.session.post(url, data=body, headers=headers) as response:
+                text = ""
+                if not 200 <= response.status < 300:
+                    text = (await response.text(errors="replace"))[:500]
+                else:
+                    await response.read()
+                return self.classify(response.status, response.headers, text)
+        except TimeoutError:
+            return Outcome(Verdict.RETRY, f"timeout after {self.config.timeout:g}s")
+        except aiohttp.ClientError as exc:
+            return Outcome(Verdict.RETRY, f"network error: {type(exc).__name__}: {exc}"[:300])
+
+    def describe(self) -> str:
+        """One line for ``statsig-relay check``; never includes secrets."""
+        return self.kind
+
+
+def json_headers(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    headers = {"Content-Type": "application/json"}
+    if extra:
+        headers.update(extra)
+    return headers
+
+
+def redact_url(url: str) -> str:
+    """A URL fit for logs: the path's last segment (often a secret hook id) is hidden."""
+    scheme, _, rest = url.partition("://")
+    host, _, path = rest.partition("/")
+    if not path:
+        return url
+    return f"{scheme}://{host}/…"
+
+
+Registry = dict[str, type[Target]]
