@@ -91,12 +91,16 @@ class Ingest:
             return parsed.reply
         if parsed.error_count:
             rejected.labels(source.name, "malformed_event").inc(parsed.error_count)
+        if parsed.dedup_keys and source.dedup_window:
+            state_keys = await self._drop_duplicates(source, parsed, received_ms)
+        else:
+            state_keys = []
         events = parsed.events
         if events:
             received_counter.inc(len(events))  # type: ignore[attr-defined]
         try:
             routed = await self.router.route(source.name, events, received_ms)
-            await self.spool.enqueue(routed.rows, routed.state_keys)
+            await self.spool.enqueue(routed.rows, routed.state_keys + state_keys)
         except SpoolFull:
             rejected.labels(source.name, "spool_full").inc(len(events))
             return error_response(
@@ -111,6 +115,29 @@ class Ingest:
                 503, "could not store the events; retry later", {"Retry-After": self.retry_after}
             )
         return source.answer(parsed, len(events))
+
+    async def _drop_duplicates(
+        self, source: Source, parsed: Parsed, now: int
+    ) -> list[tuple[str, int]]:
+        """Drop events whose source dedup key was seen; return the new keys to store."""
+        prefix = f"src:{source.name}:"
+        keys = [prefix + k if k else None for k in parsed.dedup_keys]
+        seen = await self.spool.seen_keys([k for k in keys if k], now)
+        expires = now + int((source.dedup_window or 0) * 1000)
+        kept, new_keys = [], []
+        for event, key in zip(parsed.events, keys, strict=True):
+            if key is not None:
+                if key in seen:
+                    continue
+                seen.add(key)
+                new_keys.append((key, expires))
+            kept.append(event)
+        dropped = len(parsed.events) - len(kept)
+        if dropped:
+            self.metrics.events_dropped.labels(f"source:{source.name}", "dedup").inc(dropped)
+        parsed.events = kept
+        parsed.dedup_keys = []
+        return new_keys
 
     async def _read_body(self, request: web.Request, source: Source) -> bytes:
         if request.content_length is not None and request.content_length > self.max_body:

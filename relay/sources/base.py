@@ -48,7 +48,8 @@ class Parsed:
     errors: list[str] = field(default_factory=list)  # "event 3: reason", at most a few kept
     error_count: int = 0
     reply: web.StreamResponse | None = None  # answer at once, spool nothing (e.g. handshakes)
-    # Keys for source-level dedup (e.g. Segment messageId), stored with the events' commit.
+    # Source-level dedup (e.g. Segment messageId): one key or None per event, aligned with
+    # ``events``; events whose key was seen within ``Source.dedup_window`` are dropped.
     dedup_keys: list[str | None] = field(default_factory=list)
 
     def reject(self, index: int, reason: str) -> None:
@@ -73,6 +74,8 @@ class Source(ABC):
     config_class: ClassVar[type[SourceConfig]]
     # Sources whose SDKs gzip their bodies; the ingest handler inflates within max_body.
     accepts_gzip: ClassVar[bool] = True
+    # Seconds a dedup key (Parsed.dedup_keys) is remembered; None: no source-level dedup.
+    dedup_window: float | None = None
 
     def __init__(self, name: str, config: SourceConfig) -> None:
         self.name = name
