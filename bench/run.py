@@ -94,8 +94,8 @@ def render_config(template: str, values: dict[str, str]) -> str:
     return re.sub(r"\{\{(\w+)\}\}", sub, template)
 
 
-def proc_status_kb(pid: int, key: str) -> int | None:
-    """A ``kB`` field (VmHWM, VmRSS) of /proc/PID/status, or None if the process is gone."""
+def proc_status_int(pid: int, key: str) -> int | None:
+    """A numeric field (VmHWM in kB, Threads) of /proc/PID/status; None if the process is gone."""
     try:
         with open(f"/proc/{pid}/status", encoding="ascii") as fh:
             for line in fh:
@@ -328,8 +328,9 @@ def run_bench(args: argparse.Namespace, procs: Procs, tmpdir: Path) -> dict[str,
     # 5. relay footprint and metrics
     relay_alive = relay.poll() is None
     tree = proc_tree(relay.pid) if relay_alive else []
-    hwm_kb = proc_status_kb(relay.pid, "VmHWM") if relay_alive else None
-    tree_hwm_kb = sum(proc_status_kb(p, "VmHWM") or 0 for p in tree)
+    hwm_kb = proc_status_int(relay.pid, "VmHWM") if relay_alive else None
+    threads = proc_status_int(relay.pid, "Threads") if relay_alive else None
+    tree_hwm_kb = sum(proc_status_int(p, "VmHWM") or 0 for p in tree)
     relay_cpu = (proc_cpu_s(relay.pid) or relay_cpu0) - relay_cpu0 if relay_alive else None
     sink_cpu = (proc_cpu_s(sink.pid) or sink_cpu0) - sink_cpu0
     metrics_text = ""
@@ -383,7 +384,8 @@ def run_bench(args: argparse.Namespace, procs: Procs, tmpdir: Path) -> dict[str,
         "code": git_info(Path(args.relay_cwd)),
         "relay": {"cmd": shlex.join(relay_cmd), "cwd": str(args.relay_cwd),
                   "ready_s": round(ready_s, 3), "alive_after_drain": relay_alive,
-                  "peak_rss_kb": hwm_kb, "tree_pids": len(tree), "tree_peak_rss_kb": tree_hwm_kb,
+                  "peak_rss_kb": hwm_kb, "threads": threads, "tree_pids": len(tree),
+                  "tree_peak_rss_kb": tree_hwm_kb,
                   "cpu_s_during_run": relay_cpu, "stop_s": round(relay_stop_s, 3),
                   "exit_code": relay_exit, "log_tail": tail(relay_log, 20)},
         "config": config_text.replace(secret, "<secret>"),
