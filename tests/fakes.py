@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import gzip
 import inspect
+import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -55,6 +56,8 @@ class RecordedRequest:
     status: int | None = None
     """Status the fake answered with, set once the answer is chosen."""
     check_error: str | None = None
+    received_at: float = 0.0
+    """``time.monotonic()`` when the request arrived, to check the gaps between retries."""
 
     @property
     def text(self) -> str:
@@ -262,6 +265,7 @@ class FakeTarget:
             body=body,
             json=parsed,
             is_json=is_json,
+            received_at=time.monotonic(),
         )
         self.requests.append(rec)
 
