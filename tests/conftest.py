@@ -48,8 +48,13 @@ async def relay_factory(tmp_path: Path) -> AsyncIterator[RelayFactory]:
     """``await relay_factory(yaml_without_server_and_spool)`` → a started Relay."""
     started: list[Relay] = []
 
-    async def make(body: str, env: dict[str, str] | None = None, full: bool = False,
-                   server: str = "", spool: str = "") -> Relay:
+    async def make(
+        body: str,
+        env: dict[str, str] | None = None,
+        full: bool = False,
+        server: str = "",
+        spool: str = "",
+    ) -> Relay:
         text = body if full else relay_yaml(body, tmp_path, server, spool)
         relay = Relay(parse_config(text, env or {}))
         await relay.start()
@@ -71,12 +76,16 @@ def signed_headers(secret: str, body: bytes, at_ms: int | None = None) -> dict[s
     }
 
 
-async def post(url: str, body: bytes, headers: dict[str, str] | None = None
-               ) -> tuple[int, Any, dict[str, str]]:
+async def post(
+    url: str, body: bytes, headers: dict[str, str] | None = None
+) -> tuple[int, Any, dict[str, str]]:
     """POST and return (status, parsed JSON or text, headers)."""
-    async with aiohttp.ClientSession() as session, session.post(
-        url, data=body, headers=headers or {"Content-Type": "application/json"}
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            url, data=body, headers=headers or {"Content-Type": "application/json"}
+        ) as response,
+    ):
         text = await response.text()
         try:
             payload: Any = json.loads(text)

@@ -27,8 +27,9 @@ def test_example_config_loads_without_any_secret_set() -> None:
 
 
 def test_env_expansion_with_defaults_and_sizes() -> None:
-    config = parse_config(BASE + "server: {max_body: 2MiB, listen: '${LISTEN:-127.0.0.1:9}'}",
-                          env={"SECRET": "s3"})
+    config = parse_config(
+        BASE + "server: {max_body: 2MiB, listen: '${LISTEN:-127.0.0.1:9}'}", env={"SECRET": "s3"}
+    )
     assert config.sources["statsig"].signing_secret == "s3"
     assert config.server.max_body == 2 * 1024 * 1024
     assert config.server.listen == "127.0.0.1:9"
@@ -53,18 +54,30 @@ def test_secret_from_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("change", "path", "words"),
     [
-        (("batch_max_events: 100", "batch_max_evnts: 100"), "targets.out.batch_max_evnts",
-         "unknown key"),
+        (
+            ("batch_max_events: 100", "batch_max_evnts: 100"),
+            "targets.out.batch_max_evnts",
+            "unknown key",
+        ),
         (("type: webhook", "type: webhok"), "targets.out.type", "unknown type 'webhok'"),
         (("to: out", "to: nowhere"), "routes[0].to", "no target named 'nowhere'"),
-        (("from: statsig", "from: [statsig, segment]"), "routes[0].from[1]",
-         "no source named 'segment'"),
-        (("[gate_exposure]", "[gate_exposures]"), "routes[0].filter.categories[0]",
-         "unknown category"),
+        (
+            ("from: statsig", "from: [statsig, segment]"),
+            "routes[0].from[1]",
+            "no source named 'segment'",
+        ),
+        (
+            ("[gate_exposure]", "[gate_exposures]"),
+            "routes[0].filter.categories[0]",
+            "unknown category",
+        ),
         (("linger: 50ms", "linger: soon"), "targets.out.linger", "expected a duration"),
-        (("batch_max_events: 100", "batch_max_events: 0"), "targets.out.batch_max_events",
-         "at least 1"),
-        (("url: \"http://127.0.0.1:1/x\", ", ""), "targets.out.url", "required key is missing"),
+        (
+            ("batch_max_events: 100", "batch_max_events: 0"),
+            "targets.out.batch_max_events",
+            "at least 1",
+        ),
+        (('url: "http://127.0.0.1:1/x", ', ""), "targets.out.url", "required key is missing"),
     ],
 )
 def test_bad_fields_are_named_by_their_yaml_path(

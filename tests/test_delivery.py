@@ -25,13 +25,19 @@ routes:
 
 
 def events(n: int, prefix: str = "e") -> list[dict[str, Any]]:
-    return [{"eventName": "custom", "timeUUID": f"{prefix}{i}", "timestamp": 1700000000000 + i,
-             "user": {"userID": f"u{i}"}} for i in range(n)]
+    return [
+        {
+            "eventName": "custom",
+            "timeUUID": f"{prefix}{i}",
+            "timestamp": 1700000000000 + i,
+            "user": {"userID": f"u{i}"},
+        }
+        for i in range(n)
+    ]
 
 
 async def send(relay: Relay, batch: list[dict[str, Any]]) -> tuple[int, Any, dict[str, str]]:
-    return await post(f"http://127.0.0.1:{relay.public_port}/webhooks/statsig",
-                      orjson.dumps(batch))
+    return await post(f"http://127.0.0.1:{relay.public_port}/webhooks/statsig", orjson.dumps(batch))
 
 
 def uuids(evts: list[dict[str, Any]]) -> list[str]:
@@ -106,8 +112,9 @@ async def test_400_on_one_event_dead_letters_only_that_event(
     assert len(dead) == 1
     assert uuids(orjson.loads(dead[0].body)) == ["e7"]
     assert dead[0].reason.startswith("HTTP 400")
-    assert await metric(relay, 'relay_events_dead_lettered_total{reason="http_400",target="out"}'
-                        ) == 1
+    assert (
+        await metric(relay, 'relay_events_dead_lettered_total{reason="http_400",target="out"}') == 1
+    )
 
 
 async def test_max_attempts_dead_letters_with_the_last_error(
@@ -172,9 +179,7 @@ async def test_rows_are_merged_into_batches_within_the_target_limits(
     sizes = [len(r.events()) for r in fake.requests]
     assert max(sizes) <= 10
     assert len(sizes) < 6  # merged: fewer requests than ingest requests
-    assert sorted(uuids(fake.events())) == sorted(
-        f"b{i}-{j}" for i in range(6) for j in range(4)
-    )
+    assert sorted(uuids(fake.events())) == sorted(f"b{i}-{j}" for i in range(6) for j in range(4))
 
 
 async def test_a_row_larger_than_the_batch_limit_is_split(
@@ -191,8 +196,7 @@ async def test_spool_full_answers_503_with_retry_after(
     relay_factory: RelayFactory, fake_targets: FakeTargetFactory
 ) -> None:
     fake = await fake_targets(default=Answer(503, delay=0.05))
-    relay = await relay_factory(config(fake), spool="max_size: 2KB",
-                                server="retry_after: 7s")
+    relay = await relay_factory(config(fake), spool="max_size: 2KB", server="retry_after: 7s")
     statuses = []
     for i in range(10):
         status, payload, headers = await send(relay, events(5, prefix=f"b{i}-"))
@@ -222,4 +226,3 @@ async def test_dead_letters_can_be_replayed(
 
 async def _dead_count(relay: Relay, n: int) -> bool:
     return sum(d.count for d in await relay.spool.dead_rows()) == n
-

@@ -57,15 +57,19 @@ def test_categories_filter() -> None:
 
 
 def test_event_globs_include_and_exclude() -> None:
-    selected, _, _ = route(filter={"events": ["statsig::*"],
-                                   "exclude_events": ["statsig::config_*", "*diagnostics"]}
-                           ).select(export_batch())
+    selected, _, _ = route(
+        filter={"events": ["statsig::*"], "exclude_events": ["statsig::config_*", "*diagnostics"]}
+    ).select(export_batch())
     assert names(selected) == ["statsig::gate_exposure", "statsig::experiment_exposure"]
-    selected, _, _ = route(filter={"exclude_categories": ["statsig_internal", "config_change"]}
-                           ).select(export_batch())
+    selected, _, _ = route(
+        filter={"exclude_categories": ["statsig_internal", "config_change"]}
+    ).select(export_batch())
     assert names(selected) == [
-        "page_view", "statsig::gate_exposure", "statsig::config_exposure",
-        "statsig::experiment_exposure", "my_custom_event",
+        "page_view",
+        "statsig::gate_exposure",
+        "statsig::config_exposure",
+        "statsig::experiment_exposure",
+        "my_custom_event",
     ]
 
 
@@ -74,21 +78,26 @@ def test_where_equality_and_membership_on_dotted_fields() -> None:
     selected, _, _ = route(filter={"where": {"metadata.config": "an_experiment"}}).select(events)
     assert names(selected) == ["statsig::experiment_exposure"]
     selected, _, _ = route(filter={"where": {"user.country": ["US", "CA"]}}).select(events)
-    assert names(selected) == ["page_view", "statsig::gate_exposure",
-                               "statsig::experiment_exposure"]
+    assert names(selected) == [
+        "page_view",
+        "statsig::gate_exposure",
+        "statsig::experiment_exposure",
+    ]
     # YAML booleans match the string values Statsig sends.
     selected, _, _ = route(filter={"where": {"metadata.gateValue": True}}).select(events)
     assert names(selected) == ["statsig::gate_exposure"]
-    selected, _, _ = route(filter={"where": {"metadata.type": "Gate",
-                                             "metadata.action": "created"}}).select(events)
+    selected, _, _ = route(
+        filter={"where": {"metadata.type": "Gate", "metadata.action": "created"}}
+    ).select(events)
     assert [e["metadata"]["name"] for e in selected] == ["layout_v2"]
 
 
 def test_an_event_goes_to_every_route_it_matches_and_renames_stay_per_route() -> None:
     events = export_batch()
     everything = route()
-    exposures = route(filter={"categories": ["gate_exposure"]},
-                      rename={"statsig::gate_exposure": "gate_seen"})
+    exposures = route(
+        filter={"categories": ["gate_exposure"]}, rename={"statsig::gate_exposure": "gate_seen"}
+    )
     all_events, _, _ = everything.select(events)
     gates, _, _ = exposures.select(events)
     assert len(all_events) == len(events)
@@ -102,8 +111,9 @@ def test_rename_presets_and_snake_case() -> None:
     events = [{"eventName": n} for n in ["Order Completed", "page", "Cart Viewed", "checkoutStep"]]
     selected, _, _ = route(rename="retail").select(events)
     assert names(selected) == ["purchase", "page_view", "Cart Viewed", "checkoutStep"]
-    selected, _, _ = route(rename={"preset": "default", "snake_case": True,
-                                   "map": {"Cart Viewed": "view_cart"}}).select(events)
+    selected, _, _ = route(
+        rename={"preset": "default", "snake_case": True, "map": {"Cart Viewed": "view_cart"}}
+    ).select(events)
     assert names(selected) == ["order_completed", "page_view", "view_cart", "checkout_step"]
     assert snake_case("Products  Searched!") == "products_searched"
 

@@ -42,7 +42,11 @@ async def test_signed_bare_array_is_acknowledged_and_delivered(
     events = fake.events()
     # Numeric-string timestamps are normalised to int epoch ms.
     assert [e["timestamp"] for e in events] == [
-        1644520566967, 1644520566968, 1655231253265, 1644520566969, 1655231253265
+        1644520566967,
+        1644520566968,
+        1655231253265,
+        1644520566969,
+        1655231253265,
     ]
     assert events[1]["metadata"] == {"gate": "test_gate", "gateValue": "true", "ruleID": "default"}
 
@@ -75,8 +79,10 @@ async def test_bad_missing_and_stale_signatures_are_401_and_nothing_is_spooled(
         (signed_headers("wrong-secret", body), "signature does not match"),
         ({"Content-Type": "application/json"}, "missing X-Statsig-Signature"),
         (signed_headers("old-secret", body, at_ms=ten_minutes_ago), "tolerance"),
-        ({**signed_headers("old-secret", body), "X-Statsig-Request-Timestamp": "soon"},
-         "not epoch milliseconds"),
+        (
+            {**signed_headers("old-secret", body), "X-Statsig-Request-Timestamp": "soon"},
+            "not epoch milliseconds",
+        ),
     ]
     for headers, reason in cases:
         status, payload, _ = await post(url, body, headers)

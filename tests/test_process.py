@@ -1,0 +1,156 @@
+"""The daemon as a process: kill -9 loses nothing acknowledged; SIGTERM drains; SIGHUP reloads."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+from tests.conftest import get, signed_headers
+from tests.daemon import DaemonProcess, free_port
+from tests.fakes import Answer, FakeTarget, FakeTargetFactory, poll_until
+
+SECRET = "proc-secret"
+
+
+def daemon_config(
+    fake: FakeTarget, port: int, admin: int, categories: str = "[]", target_extra: str = ""
+) -> str:
+    return f"""
+server: {{listen: "127.0.0.1:{port}", admin_listen: "127.0.0.1:{admin}", shutdown_grace: 5s}}
+spool: {{backend: sqlite, path: ./data/spool.db}}
+sources:
+  statsig: {{type: statsig_webhook, path: /webhooks/statsig, signing_secret: "${{HOOK_SECRET}}"}}
+targets:
+  out: {{type: webhook, url: "{fake.url}/in", linger: 0s, retry_initial: 50ms,
+         retry_max: 300ms, retries_in_process: 1, timeout: 3s{target_extra}}}
+routes:
+  - {{name: all, from: statsig, to: out, filter: {{categories: {categories}}}}}
+"""
+
+
+def batch(tag: str, n: int = 10, name: str = "custom") -> list[dict[str, Any]]:
+    return [
+        {
+            "eventName": name,
+            "timeUUID": f"{tag}-{i}",
+            "timestamp": 1700000000000,
+            "user": {"userID": f"u{i}"},
+        }
+        for i in range(n)
+    ]
+
+
+async def send(session: aiohttp.ClientSession, port: int, events: list[dict[str, Any]]) -> int:
+    body = orjson.dumps(events)
+    async with session.post(
+        f"http://127.0.0.1:{port}/webhooks/statsig", data=body, headers=signed_headers(SECRET, body)
+    ) as response:
+        await response.read()
+        return response.status
+
+
+def delivered(fake: FakeTarget) -> set[str]:
+    return {e["timeUUID"] for r in fake.requests if r.status == 200 for e in r.events()}
+
+
+async def test_kill_9_while_the_target_is_down_then_restart_delivers_every_acknowledged_event(
+    tmp_path: Path, fake_targets: FakeTargetFactory
+) -> None:
+    fake = await fake_targets(default=503)
+    port, admin = free_port(), free_port()
+    acknowledged: set[str] = set()
+    async with DaemonProcess(
+        daemon_config(fake, port, admin), tmp_path, env={"HOOK_SECRET": SECRET}
+    ) as daemon:
+        await daemon.start(f"http://127.0.0.1:{admin}/readyz")
+
+        async def sender(worker: int) -> None:
+            async with aiohttp.ClientSession() as session:
+                for i in range(200):  # bounded; the kill ends it sooner
+                    events = batch(f"w{worker}-b{i}")
+                    try:
+                        status = await send(session, port, events)
+                    except aiohttp.ClientError:
+                        return  # the daemon died mid-request: not acknowledged
+                    if status == 200:
+                        acknowledged.update(e["timeUUID"] for e in events)
+
+        senders = [asyncio.create_task(sender(w)) for w in range(4)]
+        await poll_until(lambda: len(acknowledged) >= 300, timeout=20)
+        daemon.kill()  # SIGKILL with requests in flight
+        await asyncio.gather(*senders)
+        assert fake.requests, "the target was tried (and refused) before the crash"
+
+        fake.default = 200
+        await daemon.start(f"http://127.0.0.1:{admin}/readyz")
+        await poll_until(
+            lambda: acknowledged <= delivered(fake),
+            timeout=30,
+            message=lambda: f"missing {len(acknowledged - delivered(fake))}",
+        )
+        assert await daemon.terminate() == 0
+
+
+async def test_sigterm_finishes_in_flight_sends_keeps_the_rest_and_exits_0(
+    tmp_path: Path, fake_targets: FakeTargetFactory
+) -> None:
+    fake = await fake_targets(default=Answer(200, delay=1.0))
+    port, admin = free_port(), free_port()
+    config = daemon_config(fake, port, admin, target_extra=", concurrency: 1, batch_max_events: 5")
+    async with DaemonProcess(config, tmp_path, env={"HOOK_SECRET": SECRET}) as daemon:
+        await daemon.start(f"http://127.0.0.1:{admin}/readyz")
+        async with aiohttp.ClientSession() as session:
+            assert await send(session, port, batch("a", 5)) == 200
+            assert await send(session, port, batch("b", 5)) == 200
+        await fake.wait_for_requests(1)  # first batch is in flight (the fake takes 1 s)
+        assert await daemon.terminate() == 0
+        # The in-flight batch finished; the waiting one stayed in the spool.
+        assert fake.requests[0].status == 200
+        assert "stopped" in daemon.log_text()
+
+        fake.default = 200
+        await daemon.start(f"http://127.0.0.1:{admin}/readyz")
+        wanted = {f"{t}-{i}" for t in "ab" for i in range(5)}
+        await poll_until(lambda: wanted <= delivered(fake), timeout=15)
+        assert await daemon.terminate() == 0
+
+
+async def test_sighup_reloads_a_good_config_and_keeps_the_old_one_on_a_bad_file(
+    tmp_path: Path, fake_targets: FakeTargetFactory
+) -> None:
+    fake = await fake_targets()
+    port, admin = free_port(), free_port()
+    async with DaemonProcess(
+        daemon_config(fake, port, admin, "[custom]"), tmp_path, env={"HOOK_SECRET": SECRET}
+    ) as daemon:
+        await daemon.start(f"http://127.0.0.1:{admin}/readyz")
+        async with aiohttp.ClientSession() as session:
+            assert await send(session, port, batch("gate1", 2, "statsig::gate_exposure")) == 200
+            assert await send(session, port, batch("c1", 2)) == 200
+            await poll_until(lambda: {"c1-0", "c1-1"} <= delivered(fake))
+            assert not any(u.startswith("gate1") for u in delivered(fake))
+
+            daemon.config_path.write_text(daemon_config(fake, port, admin, "[gate_exposure]"))
+            os.kill(daemon.pid, signal.SIGHUP)  # type: ignore[arg-type]
+            await poll_until(lambda: _reloads(admin, "ok"), timeout=10)
+            assert await send(session, port, batch("gate2", 2, "statsig::gate_exposure")) == 200
+            await poll_until(lambda: {"gate2-0", "gate2-1"} <= delivered(fake))
+
+            daemon.config_path.write_text("routes: [\n")
+            os.kill(daemon.pid, signal.SIGHUP)  # type: ignore[arg-type]
+            await poll_until(lambda: _reloads(admin, "error"), timeout=10)
+            assert await send(session, port, batch("gate3", 1, "statsig::gate_exposure")) == 200
+            await poll_until(lambda: "gate3-0" in delivered(fake))
+        assert "reload refused, keeping the running config" in daemon.log_text()
+        assert await daemon.terminate() == 0
+
+
+async def _reloads(admin: int, result: str) -> bool:
+    _, text = await get(f"http://127.0.0.1:{admin}/metrics")
+    return f'relay_config_reloads_total{{result="{result}"}} 1.0' in text
