@@ -53,6 +53,7 @@ class Deliverer:
 
     def __init__(self, target: Target, spool: Spool, metrics: RelayMetrics) -> None:
         self.target = target
+        target.metrics = metrics
         self.spool = spool
         self.name = target.name
         self.config = target.config

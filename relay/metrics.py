@@ -100,6 +100,12 @@ class RelayMetrics:
             ["target"],
             registry=r,
         )
+        self.fields_trimmed = Counter(
+            "relay_target_fields_trimmed",
+            "Events whose field a target trimmed to fit the service's documented limits",
+            ["target", "field"],
+            registry=r,
+        )
         # -- spool
         self.spool_events = Gauge(
             "relay_spool_events", "Events waiting in the spool", ["target"], registry=r

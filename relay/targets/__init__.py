@@ -5,12 +5,14 @@ from __future__ import annotations
 from .base import Batch, Outcome, Target, TargetConfig, Verdict
 from .file import FileTarget
 from .fivetran import FivetranTarget
+from .statsig import StatsigTarget
 from .webhook import WebhookTarget
 
 TARGETS: dict[str, type[Target]] = {
     "webhook": WebhookTarget,
     "fivetran": FivetranTarget,
     "file": FileTarget,
+    "statsig": StatsigTarget,
 }
 
 __all__ = ["TARGETS", "Batch", "Outcome", "Target", "TargetConfig", "Verdict"]

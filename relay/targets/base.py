@@ -15,13 +15,16 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import aiohttp
 import orjson
 
 from ..events import Event
 from ..schema import ByteSize, Duration
+
+if TYPE_CHECKING:
+    from ..metrics import RelayMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -196,6 +199,8 @@ class Target(ABC):
         self.config = config
         self.health = TargetHealth()
         self._session: aiohttp.ClientSession | None = None
+        # Set by the deliverer, so a target can count events it deliberately does not send.
+        self.metrics: RelayMetrics | None = None
 
     def accepts(self, category: str) -> bool:
         """Whether this target carries events of ``category`` at all."""
