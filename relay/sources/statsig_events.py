@@ -1,0 +1,191 @@
+"""Statsig's own ingest shapes, so Statsig SDKs and scripts log through the relay.
+
+Point an SDK's events API at ``http://relay{path_prefix}/v1`` and it posts here unchanged:
+
+* ``{prefix}/v1/log_event`` (server SDKs) and ``{prefix}/v1/rgstr`` (client SDKs): body
+  ``{"events": [...], "user"?, "statsigMetadata"?}``, usually gzipped (the ingest handler
+  inflates it). An event's ``time`` (epoch ms, or an ISO 8601 string) becomes ``timestamp``;
+  ``eventName``, ``user``, ``value``, ``metadata``, ``secondaryExposures`` and
+  ``statsigMetadata`` are carried over; a top-level ``user`` fills events that have none.
+* ``{prefix}/v1/webhooks/event_webhook`` (Statsig's incoming event webhook): one object or a
+  list of ``{"user", "event", "value", "metadata", "timestamp"}``; ``event`` becomes
+  ``eventName``.
+
+The SDK key comes in the ``statsig-api-key`` header (any case), or the ``k`` query parameter
+that Statsig's browser SDKs use; it is compared in constant time with ``api_keys``. SDKs send
+their own internal events (``statsig::diagnostics``, exposures) too: they are accepted like any
+event and routes filter them. A malformed event is skipped and counted, never the request.
+Answers look like Statsig's: ``202 {"success": true}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+from aiohttp import web
+
+from ..events import Event, to_epoch_ms
+from ..schema import ConfigError
+from .base import (
+    Endpoint,
+    Parsed,
+    Source,
+    SourceConfig,
+    SourceError,
+    key_matches,
+    load_json,
+)
+
+KEY_HEADER = "statsig-api-key"
+KEY_QUERY = "k"
+LOG_EVENT = "log_event"
+EVENT_WEBHOOK = "event_webhook"
+
+
+@dataclass(kw_only=True)
+class StatsigEventsConfig(SourceConfig):
+    type: Literal["statsig_events"] = "statsig_events"
+    path_prefix: str = "/statsig"
+    api_keys: list[str] = field(default_factory=list, repr=False)  # SDK keys senders present
+    # Without api_keys every request is refused unless this is set to false (open endpoint).
+    require_key: bool = True
+
+    def __post_init__(self) -> None:
+        prefix = self.path_prefix.rstrip("/")
+        if prefix and not prefix.startswith("/"):
+            raise ConfigError("path_prefix", f"must start with '/', got {self.path_prefix!r}")
+        self.path_prefix = prefix
+        if self.require_key and not [k for k in self.api_keys if k]:
+            raise ConfigError(
+                "api_keys",
+                "no key set: list the SDK keys senders use (e.g. the project's server secret), "
+                "or set require_key: false to accept unauthenticated events",
+            )
+        for i, key in enumerate(self.api_keys):
+            if key != key.strip():
+                raise ConfigError(f"api_keys[{i}]", "has leading or trailing whitespace")
+
+
+class StatsigEventsSource(Source):
+    kind = "statsig_events"
+    config_class = StatsigEventsConfig
+    config: StatsigEventsConfig
+
+    def __init__(self, name: str, config: StatsigEventsConfig) -> None:
+        super().__init__(name, config)
+        self._keys = [k for k in config.api_keys if k]
+
+    def endpoints(self) -> list[Endpoint]:
+        base = f"{self.config.path_prefix}/v1"
+        return [
+            Endpoint(f"{base}/log_event", kind=LOG_EVENT),
+            Endpoint(f"{base}/rgstr", kind=LOG_EVENT),
+            Endpoint(f"{base}/webhooks/event_webhook", kind=EVENT_WEBHOOK),
+        ]
+
+    def warnings(self) -> list[str]:
+        if not self._keys:
+            return [f"source {self.name!r} accepts events without an API key: set api_keys"]
+        return []
+
+    def authenticate(self, request: web.Request, endpoint: Endpoint, body: bytes) -> None:
+        if not self._keys and not self.config.require_key:
+            return
+        presented = request.headers.get(KEY_HEADER) or request.query.get(KEY_QUERY)
+        if not presented:
+            raise SourceError(401, f"missing {KEY_HEADER} header")
+        if not key_matches(presented.strip(), self._keys):
+            raise SourceError(401, f"{KEY_HEADER} is not one of this source's api_keys")
+
+    def parse(
+        self, request: web.Request, endpoint: Endpoint, body: bytes, received_ms: int
+    ) -> Parsed:
+        document = load_json(body)
+        if endpoint.kind == EVENT_WEBHOOK:
+            if isinstance(document, dict):
+                items = [document]
+            elif isinstance(document, list):
+                items = document
+            else:
+                raise SourceError(400, "expected an event object or a list of them")
+            return _parse_items(items, received_ms, None, webhook=True)
+        shared_user: Any = None
+        if isinstance(document, dict):
+            items = document.get("events")
+            if not isinstance(items, list):
+                raise SourceError(400, 'expected {"events": [...]}')
+            shared_user = document.get("user")
+            if not isinstance(shared_user, dict):
+                shared_user = None
+        elif isinstance(document, list):
+            items = document
+        else:
+            raise SourceError(400, 'expected {"events": [...]}')
+        return _parse_items(items, received_ms, shared_user, webhook=False)
+
+    def answer(self, parsed: Parsed, accepted: int) -> web.Response:
+        payload: dict[str, Any] = {"success": True}
+        if parsed.error_count:
+            payload["rejected"] = parsed.error_count
+            payload["errors"] = parsed.errors
+        return web.Response(status=202, body=orjson.dumps(payload), content_type="application/json")
+
+    def describe(self) -> str:
+        auth = f"{len(self._keys)} API key(s)" if self._keys else "no API key"
+        return f"{super().describe()} ({auth})"
+
+
+def _parse_items(
+    items: Sequence[Any], received_ms: int, shared_user: dict[str, Any] | None, webhook: bool
+) -> Parsed:
+    parsed = Parsed()
+    events = parsed.events
+    for index, item in enumerate(items):
+        problem = normalise_sdk_event(item, received_ms, shared_user, webhook)
+        if problem is None:
+            events.append(item)
+        else:
+            parsed.reject(index, problem)
+    if parsed.error_count and not events:
+        reasons = "; ".join(parsed.errors)
+        raise SourceError(400, f"no usable event in the request: {reasons}")
+    return parsed
+
+
+def normalise_sdk_event(
+    item: Any, received_ms: int, shared_user: dict[str, Any] | None, webhook: bool
+) -> str | None:
+    """Turn one SDK / webhook event into the internal model in place; why not, or None."""
+    if not isinstance(item, dict):
+        return f"expected an object, got {type(item).__name__}"
+    event: Event = item
+    if webhook and "event" in event:
+        event["eventName"] = event.pop("event")
+    name = event.get("eventName")
+    if not isinstance(name, str) or not name:
+        return "missing event name (event)" if webhook else "missing eventName"
+    stamp = event.pop("time") if "time" in event else event.get("timestamp")
+    if stamp is None or stamp == "":
+        event["timestamp"] = received_ms
+    elif type(stamp) is int and 100_000_000_000 <= stamp < 100_000_000_000_000:
+        event["timestamp"] = stamp  # already epoch ms: the SDKs' case, kept cheap
+    else:
+        try:
+            event["timestamp"] = to_epoch_ms(stamp)
+        except ValueError as exc:
+            return str(exc)
+    user = event.get("user")
+    if user is None:
+        if shared_user is not None:
+            event["user"] = shared_user
+        elif "user" in event:
+            del event["user"]
+    elif not isinstance(user, dict):
+        return f"user must be an object, got {type(user).__name__}"
+    metadata = event.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        return f"metadata must be an object, got {type(metadata).__name__}"
+    return None
