@@ -90,6 +90,10 @@ class Ingest:
             return parsed.reply
         if parsed.error_count:
             rejected.labels(source.name, "malformed_event").inc(parsed.error_count)
+        for reason, count in parsed.dropped.items():
+            self.metrics.events_dropped.labels(f"source:{source.name}", reason).inc(count)
+        if parsed.without_user:
+            self.metrics.events_without_user.labels(source.name).inc(parsed.without_user)
         if parsed.dedup_keys and source.dedup_window:
             state_keys = await self._drop_duplicates(source, parsed, received_ms)
         else:

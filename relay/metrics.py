@@ -37,6 +37,12 @@ class RelayMetrics:
             ["source", "reason"],
             registry=r,
         )
+        self.events_without_user = Counter(
+            "relay_events_without_user",
+            "Events accepted without a userID or custom ID (Statsig cannot join them to a unit)",
+            ["source"],
+            registry=r,
+        )
         self.ingest_latency = Histogram(
             "relay_ingest_latency_seconds",
             "Time from request start to the answer (incl. commit)",

@@ -51,6 +51,10 @@ class Parsed:
     # Source-level dedup (e.g. Segment messageId): one key or None per event, aligned with
     # ``events``; events whose key was seen within ``Source.dedup_window`` are dropped.
     dedup_keys: list[str | None] = field(default_factory=list)
+    # Counted, not errors: messages deliberately not turned into events, by reason (e.g. Segment
+    # identify calls), and events kept although they carry no user identifier.
+    dropped: dict[str, int] = field(default_factory=dict)
+    without_user: int = 0
 
     def reject(self, index: int, reason: str) -> None:
         self.error_count += 1
