@@ -103,7 +103,10 @@ class Ingest:
             received_counter.inc(len(events))  # type: ignore[attr-defined]
         try:
             routed = await self.router.route(source.name, events, received_ms)
-            await self.spool.enqueue(routed.rows, routed.state_keys + state_keys)
+            try:
+                await self.spool.enqueue(routed.rows, routed.state_keys + state_keys)
+            finally:
+                self.router.release(routed)
         except SpoolFull:
             rejected.labels(source.name, "spool_full").inc(len(events))
             return error_response(

@@ -297,13 +297,36 @@ class Router:
         self._routed = {r.name: metrics.events_routed.labels(r.name) for r in self.routes}
         self._filtered = {r.name: metrics.events_filtered.labels(r.name) for r in self.routes}
         self._metrics = metrics
+        # Keys let through by requests whose spool commit has not finished: concurrent requests
+        # read the state before any of them commits, so these count as seen too.
+        self._pending: set[str] = set()
 
     def routes_for(self, source: str) -> list[CompiledRoute]:
         return self._by_source.get(source, [])
 
     async def route(self, source: str, events: Sequence[Event], received_ms: int) -> Routed:
+        """Rows and state keys for one request; call :meth:`release` once they are committed."""
         rows: list[NewRow] = []
         new_keys: list[tuple[str, int]] = []
+        try:
+            return await self._route(source, events, received_ms, rows, new_keys)
+        except BaseException:
+            self._pending.difference_update(key for key, _ in new_keys)
+            raise
+
+    def release(self, routed: Routed) -> None:
+        """The commit of ``routed`` finished (or failed): the spool answers for its keys now."""
+        if routed.state_keys:
+            self._pending.difference_update(key for key, _ in routed.state_keys)
+
+    async def _route(
+        self,
+        source: str,
+        events: Sequence[Event],
+        received_ms: int,
+        rows: list[NewRow],
+        new_keys: list[tuple[str, int]],
+    ) -> Routed:
         routed = 0
         for route in self._by_source.get(source, ()):
             selected, filtered, unsupported = route.select(events)
@@ -338,6 +361,9 @@ class Router:
         seen = await self._spool.seen_keys(
             [key for keys in per_event for key, _, _ in keys], now_ms
         )
+        pending = self._pending
+        if pending:  # no await from here on: checking and claiming a key is atomic
+            seen.update(key for keys in per_event for key, _, _ in keys if key in pending)
         kept: list[Event] = []
         drops: dict[str, int] = {}
         for event, keys in zip(events, per_event, strict=True):
@@ -347,6 +373,7 @@ class Router:
                 continue
             for key, window, _ in keys:
                 seen.add(key)
+                pending.add(key)
                 new_keys.append((key, now_ms + int(window * 1000)))
             kept.append(event)
         for reason, count in drops.items():
