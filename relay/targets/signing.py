@@ -45,7 +45,12 @@ class SigningConfig:
 
 
 def standard_key(secret: str) -> bytes:
-    return base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+    """The key bytes of a ``whsec_`` secret; padding is optional, as in the reference library."""
+    encoded = secret.removeprefix("whsec_").rstrip("=")
+    key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+    if not key:
+        raise ValueError("empty key")
+    return key
 
 
 def hmac_digest(secret: bytes, message: bytes, algorithm: str, encoding: str) -> str:
