@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from .base import Batch, Outcome, Target, TargetConfig, Verdict
+from .chronosphere import ChronosphereTarget
 from .file import FileTarget
 from .fivetran import FivetranTarget
+from .heap import HeapTarget
 from .statsig import StatsigTarget
 from .webhook import WebhookTarget
 
@@ -12,6 +14,8 @@ TARGETS: dict[str, type[Target]] = {
     "webhook": WebhookTarget,
     "fivetran": FivetranTarget,
     "file": FileTarget,
+    "heap": HeapTarget,
+    "chronosphere": ChronosphereTarget,
     "statsig": StatsigTarget,
 }
 
