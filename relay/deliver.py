@@ -57,6 +57,9 @@ class Deliverer:
         self.spool = spool
         self.name = target.name
         self.config = target.config
+        # A spool may set its own claim lease (the Redis spool's `lease:`): replicas take over
+        # a dead replica's rows after it.
+        self._lease = float(getattr(getattr(spool, "config", None), "lease", LEASE_SECONDS))
         self._slots = asyncio.Semaphore(self.config.concurrency)
         self._inflight: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
@@ -106,7 +109,7 @@ class Deliverer:
             try:
                 wakeup.clear()
                 rows = await self.spool.claim(
-                    self.name, cfg.batch_max_events, cfg.batch_max_bytes, LEASE_SECONDS
+                    self.name, cfg.batch_max_events, cfg.batch_max_bytes, self._lease
                 )
                 if rows and cfg.linger > 0:
                     rows = await self._linger(rows, wakeup)
@@ -152,7 +155,7 @@ class Deliverer:
                 self.name,
                 cfg.batch_max_events - events,
                 cfg.batch_max_bytes - size,
-                LEASE_SECONDS,
+                self._lease,
             )
             rows.extend(more)
             events += sum(r.count for r in more)
