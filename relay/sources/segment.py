@@ -29,6 +29,7 @@ from ..mapping import (
     apply_user_mapping,
     compile_rename,
     compile_user_mapping,
+    has_user_id,
     id_string,
     numeric_value,
     skew_corrected_ms,
@@ -199,6 +200,9 @@ class SegmentSource(Source):
         if isinstance(event, str):
             return event
         parsed.events.append(event)
+        if not has_user_id(event):
+            # Segment's API answers 200 here too; Statsig logs it but cannot join it to a user.
+            parsed.without_user += 1
         if self.dedup_window is not None:
             parsed.dedup_keys.append(id_string(message.get("messageId")))
         return None
@@ -209,8 +213,6 @@ class SegmentSource(Source):
         """The Statsig event of one Segment message, or the reason it has none."""
         user_id = id_string(message.get("userId"))
         anonymous_id = id_string(message.get("anonymousId"))
-        if user_id is None and anonymous_id is None:
-            return "userId or anonymousId is required"
         if call == "track":
             name = message.get("event")
             if not isinstance(name, str) or not name:
