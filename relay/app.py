@@ -31,6 +31,7 @@ from .router import CompiledRoute, Router
 from .schema import ConfigError
 from .sources import SOURCES, Source
 from .spool import Spool, create_spool
+from .state import KeyLedger
 from .targets import TARGETS, Target
 
 logger = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ class Relay:
         self.config = config
         self.metrics = metrics or RelayMetrics()
         self.spool: Spool = create_spool(config.spool)
+        self.ledger = KeyLedger(self.spool)  # kept across reloads
         self.targets: dict[str, Target] = {}
         self.deliverers: dict[str, Deliverer] = {}
         self.pipeline: Pipeline | None = None
@@ -80,10 +82,15 @@ class Relay:
 
     # -- assembling ------------------------------------------------------------------------
     def _pipeline(self, config: Config, targets: dict[str, Target]) -> Pipeline:
-        router = Router(compile_routes(config, targets), self.spool, self.metrics)
+        router = Router(compile_routes(config, targets), self.ledger, self.metrics)
         sources = build_sources(config)
         ingest = Ingest(
-            router, self.spool, self.metrics, config.server.max_body, config.server.retry_after
+            router,
+            self.spool,
+            self.ledger,
+            self.metrics,
+            config.server.max_body,
+            config.server.retry_after,
         )
         endpoints: dict[tuple[str, str], Handler] = {}
         for source in sources.values():

@@ -20,6 +20,7 @@ from .metrics import RelayMetrics
 from .router import Router
 from .sources.base import Endpoint, Parsed, Source, SourceError
 from .spool.base import Spool, SpoolFull
+from .state import KeyLedger
 
 logger = logging.getLogger(__name__)
 
@@ -39,10 +40,17 @@ class Ingest:
     """Builds the request handlers of all sources over one router and spool."""
 
     def __init__(
-        self, router: Router, spool: Spool, metrics: RelayMetrics, max_body: int, retry_after: float
+        self,
+        router: Router,
+        spool: Spool,
+        ledger: KeyLedger,
+        metrics: RelayMetrics,
+        max_body: int,
+        retry_after: float,
     ) -> None:
         self.router = router
         self.spool = spool
+        self.ledger = ledger
         self.metrics = metrics
         self.max_body = max_body
         self.retry_after = str(max(1, round(retry_after)))
@@ -94,19 +102,17 @@ class Ingest:
             self.metrics.events_dropped.labels(f"source:{source.name}", reason).inc(count)
         if parsed.without_user:
             self.metrics.events_without_user.labels(source.name).inc(parsed.without_user)
-        if parsed.dedup_keys and source.dedup_window:
-            state_keys = await self._drop_duplicates(source, parsed, received_ms)
-        else:
-            state_keys = []
+        state_keys: list[tuple[str, int]] = []
         events = parsed.events
-        if events:
-            received_counter.inc(len(events))  # type: ignore[attr-defined]
         try:
+            if parsed.dedup_keys and source.dedup_window:
+                state_keys = await self._drop_duplicates(source, parsed, received_ms)
+                events = parsed.events
+            if events:
+                received_counter.inc(len(events))  # type: ignore[attr-defined]
             routed = await self.router.route(source.name, events, received_ms)
-            try:
-                await self.spool.enqueue(routed.rows, routed.state_keys + state_keys)
-            finally:
-                self.router.release(routed)
+            state_keys += routed.state_keys
+            await self.spool.enqueue(routed.rows, state_keys)
         except SpoolFull:
             rejected.labels(source.name, "spool_full").inc(len(events))
             return error_response(
@@ -120,6 +126,9 @@ class Ingest:
             return error_response(
                 503, "could not store the events; retry later", {"Retry-After": self.retry_after}
             )
+        finally:
+            # Committed (the spool answers for the keys now) or failed (a retry must pass).
+            self.ledger.release(state_keys)
         return source.answer(parsed, len(events))
 
     async def _drop_duplicates(
@@ -128,7 +137,8 @@ class Ingest:
         """Drop events whose source dedup key was seen; return the new keys to store."""
         prefix = f"src:{source.name}:"
         keys = [prefix + k if k else None for k in parsed.dedup_keys]
-        seen = await self.spool.seen_keys([k for k in keys if k], now)
+        seen = await self.ledger.seen([k for k in keys if k], now)
+        # No await from here on: checking and claiming a key is atomic.
         expires = now + int((source.dedup_window or 0) * 1000)
         kept, new_keys = [], []
         for event, key in zip(parsed.events, keys, strict=True):
@@ -136,6 +146,7 @@ class Ingest:
                 if key in seen:
                     continue
                 seen.add(key)
+                self.ledger.claim(key)
                 new_keys.append((key, expires))
             kept.append(event)
         dropped = len(parsed.events) - len(kept)

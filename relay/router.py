@@ -28,7 +28,8 @@ from .events import (
 )
 from .metrics import RelayMetrics
 from .schema import ConfigError, Duration
-from .spool.base import NewRow, Spool
+from .spool.base import NewRow
+from .state import KeyLedger
 
 # Event-name presets (API-FACTS.md, the Datafly mapping). Names not listed pass unchanged.
 RENAME_PRESETS: dict[str, dict[str, str]] = {
@@ -286,10 +287,10 @@ class Router:
     """All routes, indexed by source, with their metric children bound once."""
 
     def __init__(
-        self, routes: Sequence[CompiledRoute], spool: Spool, metrics: RelayMetrics
+        self, routes: Sequence[CompiledRoute], ledger: KeyLedger, metrics: RelayMetrics
     ) -> None:
         self.routes = list(routes)
-        self._spool = spool
+        self._ledger = ledger
         self._by_source: dict[str, list[CompiledRoute]] = {}
         for route in self.routes:
             for source in route.sources:
@@ -297,27 +298,20 @@ class Router:
         self._routed = {r.name: metrics.events_routed.labels(r.name) for r in self.routes}
         self._filtered = {r.name: metrics.events_filtered.labels(r.name) for r in self.routes}
         self._metrics = metrics
-        # Keys let through by requests whose spool commit has not finished: concurrent requests
-        # read the state before any of them commits, so these count as seen too.
-        self._pending: set[str] = set()
 
     def routes_for(self, source: str) -> list[CompiledRoute]:
         return self._by_source.get(source, [])
 
     async def route(self, source: str, events: Sequence[Event], received_ms: int) -> Routed:
-        """Rows and state keys for one request; call :meth:`release` once they are committed."""
+        """Rows and state keys for one request; release the keys in the ledger once they are
+        committed (or the commit failed)."""
         rows: list[NewRow] = []
         new_keys: list[tuple[str, int]] = []
         try:
             return await self._route(source, events, received_ms, rows, new_keys)
         except BaseException:
-            self._pending.difference_update(key for key, _ in new_keys)
+            self._ledger.release(new_keys)
             raise
-
-    def release(self, routed: Routed) -> None:
-        """The commit of ``routed`` finished (or failed): the spool answers for its keys now."""
-        if routed.state_keys:
-            self._pending.difference_update(key for key, _ in routed.state_keys)
 
     async def _route(
         self,
@@ -358,12 +352,9 @@ class Router:
     ) -> list[Event]:
         """Drop events whose dedup / first-exposure key is stored or repeats in this batch."""
         per_event = [route.state_keys(event) for event in events]
-        seen = await self._spool.seen_keys(
-            [key for keys in per_event for key, _, _ in keys], now_ms
-        )
-        pending = self._pending
-        if pending:  # no await from here on: checking and claiming a key is atomic
-            seen.update(key for keys in per_event for key, _, _ in keys if key in pending)
+        ledger = self._ledger
+        seen = await ledger.seen([key for keys in per_event for key, _, _ in keys], now_ms)
+        # No await from here on: checking and claiming a key is atomic.
         kept: list[Event] = []
         drops: dict[str, int] = {}
         for event, keys in zip(events, per_event, strict=True):
@@ -373,7 +364,7 @@ class Router:
                 continue
             for key, window, _ in keys:
                 seen.add(key)
-                pending.add(key)
+                ledger.claim(key)
                 new_keys.append((key, now_ms + int(window * 1000)))
             kept.append(event)
         for reason, count in drops.items():

@@ -216,6 +216,20 @@ async def test_one_broken_message_is_rejected_alone_and_the_rest_delivered(
     assert metric(relay, "relay_events_without_user_total", source="web") == 1
 
 
+async def test_concurrent_retries_of_one_message_id_are_delivered_once(
+    relay_factory: RelayFactory, fake_targets: FakeTargetFactory
+) -> None:
+    fake = await fake_targets()
+    relay = await relay_factory(config(fake))
+    body = orjson.dumps({"batch": [track("Racing", "race-1")]})
+    answers = await asyncio.gather(
+        *(post(url(relay, "batch"), body, basic(KEY)) for _ in range(8))
+    )
+    assert [status for status, _, _ in answers] == [200] * 8
+    await send_marker(relay, fake)
+    assert [e["eventName"] for e in fake.events()] == ["Racing", "Marker"]
+
+
 async def test_redelivered_message_id_is_delivered_once(
     relay_factory: RelayFactory, fake_targets: FakeTargetFactory
 ) -> None:
