@@ -1,10 +1,15 @@
 """The embedded spool: one SQLite file in WAL mode, owned by one relay process.
 
-All statements run on one dedicated thread (one connection, no lock juggling). Ingest requests
-that arrive while a commit is running are gathered and written together in the next transaction
-(group commit), so the fsync cost is paid per group of requests, not per request. An exclusive
-lock file keeps a second process from sharing the spool by mistake; several replicas share a
-Redis spool instead.
+All statements run on one dedicated thread (one connection, no lock juggling). Every write
+(ingest's rows, the deliverers' acks, retries and settles) that arrives while a commit is running
+is gathered and written in the next transaction (group commit), so the fsync is paid per group,
+not per request or per ack. An exclusive lock file keeps a second process from sharing the spool
+by mistake; several replicas share a Redis spool instead.
+
+Because the process owns the file, the schedule (which rows are due, which are leased) is kept
+in memory (:mod:`relay.spool.due`) and claims do not query the table; recently enqueued bodies
+are kept too (bounded), so a deliverer that keeps up never reads a body back. Rows another
+process adds (``statsig-relay dlq replay``) are noticed through ``PRAGMA data_version``.
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ import fcntl
 import logging
 import os
 import sqlite3
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +37,7 @@ from .base import (
     SpoolStats,
     TargetDepth,
 )
+from .due import DueIndex, QueuedRow
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +55,10 @@ CREATE TABLE IF NOT EXISTS queue (
     lease_until INTEGER NOT NULL DEFAULT 0,
     last_error TEXT NOT NULL DEFAULT ''
 );
-CREATE INDEX IF NOT EXISTS queue_due ON queue (target, next_attempt);
+-- Covers what the schedule and the stats read, so neither walks the bodies' overflow pages.
+CREATE INDEX IF NOT EXISTS queue_meta
+    ON queue (target, next_attempt, count, bytes, first_received, attempts, route);
+DROP INDEX IF EXISTS queue_due;
 CREATE TABLE IF NOT EXISTS dead (
     id INTEGER PRIMARY KEY,
     target TEXT NOT NULL,
@@ -68,7 +78,20 @@ CREATE TABLE IF NOT EXISTS state (
 ) WITHOUT ROWID;
 """
 
-_CLAIM_SCAN = 500  # rows looked at per claim; enough for 1000-event batches of small rows
+_INSERT_ROW = (
+    "INSERT INTO queue (target, route, body, count, bytes, first_received, attempts,"
+    " next_attempt, last_error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_SELECT_META = (
+    "SELECT id, target, route, count, bytes, first_received, attempts, next_attempt FROM queue"
+)
+# Bodies of rows enqueued by this process are kept until claimed, up to this many bytes: a
+# deliverer that keeps up never reads a body back; beyond it, claims read them from the file.
+_BODY_CACHE_BYTES = 16 * 1024**2
+_SYNC_SECONDS = 1.0  # how often a claim checks for rows added by another process
+
+_Write = Callable[[sqlite3.Connection], Any]
+_Apply = Callable[[Any], None]
 
 
 @dataclass(kw_only=True)
@@ -93,9 +116,13 @@ class SqliteSpool(Spool):
         self._db: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
         self._bytes = 0
-        self._pending: list[tuple[Sequence[NewRow], Sequence[tuple[str, int]]]] = []
-        self._pending_futures: list[asyncio.Future[None]] = []
+        self._pending: list[tuple[_Write, _Apply | None, asyncio.Future[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._due = DueIndex()
+        self._bodies: dict[int, bytes] = {}
+        self._bodies_size = 0
+        self._data_version = 0
+        self._synced_at = 0.0
 
     # -- lifecycle -------------------------------------------------------------------------
     async def open(self) -> None:
@@ -123,11 +150,13 @@ class SqliteSpool(Spool):
         db.execute(f"PRAGMA synchronous={self.config.synchronous.upper()}")
         db.execute("PRAGMA busy_timeout=5000")
         db.executescript(_SCHEMA)
-        if self._lock:
-            # We own the file: leases of a previous process are void, its claims are due now.
-            db.execute("UPDATE queue SET lease_until = 0 WHERE lease_until > 0")
         self._db = db
         self._stats()
+        # Leases are kept in memory (a previous process's claims are due again now); the
+        # lease_until column stays for files written by older versions.
+        self._data_version = db.execute("PRAGMA data_version").fetchone()[0]
+        for row in db.execute(_SELECT_META):
+            self._due.add(QueuedRow(*row))
 
     async def close(self) -> None:
         if self._flusher is not None:
@@ -160,75 +189,96 @@ class SqliteSpool(Spool):
             return
         if self.is_full():
             raise SpoolFull(f"spool is over its size limit of {self.config.max_size} bytes")
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((rows, state_keys))
-        self._pending_futures.append(future)
-        if self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush_loop())
-        await future
+        rows, keys = list(rows), list(state_keys)
 
-    async def _flush_loop(self) -> None:
-        """Commit everything pending in one transaction, repeat while more arrived meanwhile."""
-        try:
-            while self._pending:
-                batch, futures = self._pending, self._pending_futures
-                self._pending, self._pending_futures = [], []
-                try:
-                    added = await self._run(self._write_group, batch)
-                except Exception as exc:
-                    for future in futures:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                self._bytes += added
-                for future in futures:
-                    if not future.done():
-                        future.set_result(None)
-                self._notify({row.target for rows, _ in batch for row in rows})
-        finally:
-            self._flusher = None
-
-    def _write_group(self, batch: list[tuple[Sequence[NewRow], Sequence[tuple[str, int]]]]) -> int:
-        db = self._conn
-        added = 0
-        values = []
-        keys: list[tuple[str, int]] = []
-        for rows, state_keys in batch:
-            for r in rows:
-                size = len(r.body)
-                added += size
-                values.append(
-                    (
-                        r.target,
-                        r.route,
-                        r.body,
-                        r.count,
-                        size,
-                        r.first_received_ms,
-                        r.attempts,
-                        r.next_attempt_ms,
-                        r.last_error,
-                    )
-                )
-            keys.extend(state_keys)
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            db.executemany(
-                "INSERT INTO queue (target, route, body, count, bytes, first_received, attempts,"
-                " next_attempt, last_error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                values,
-            )
+        def write(db: sqlite3.Connection) -> list[int]:
+            ids = [db.execute(_INSERT_ROW, _row_values(r)).lastrowid or 0 for r in rows]
             if keys:
                 db.executemany(
                     "INSERT INTO state (key, expires) VALUES (?, ?) ON CONFLICT(key)"
                     " DO UPDATE SET expires = excluded.expires",
                     keys,
                 )
+            return ids
+
+        await self._commit(write, lambda ids: self._added(rows, ids, cache=True))
+
+    def _added(self, rows: list[NewRow], ids: list[int], cache: bool) -> None:
+        """Committed rows join the schedule (and their bodies the cache); wake deliverers."""
+        for r, row_id in zip(rows, ids, strict=True):
+            size = len(r.body)
+            queued = QueuedRow(
+                row_id,
+                r.target,
+                r.route,
+                r.count,
+                size,
+                r.first_received_ms,
+                r.attempts,
+                r.next_attempt_ms,
+            )
+            if not self._due.add(queued):
+                continue  # already loaded by a sync with the file
+            self._bytes += size
+            if cache and self._bodies_size + size <= _BODY_CACHE_BYTES:
+                self._bodies[row_id] = r.body
+                self._bodies_size += size
+        self._notify({r.target for r in rows})
+
+    def _removed(self, ids: Iterable[int]) -> None:
+        for row_id in ids:
+            row = self._due.remove(row_id)
+            if row is not None:
+                self._bytes -= row.size
+            body = self._bodies.pop(row_id, None)
+            if body is not None:
+                self._bodies_size -= len(body)
+
+    async def _commit(self, write: _Write, apply: _Apply | None = None) -> Any:
+        """Run ``write`` in the next group transaction; ``apply`` its result once committed.
+
+        ``apply`` runs in the flusher, not in the caller, so the in-memory schedule follows
+        the file even when the caller is cancelled while it waits.
+        """
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append((write, apply, future))
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush_loop())
+        return await future
+
+    async def _flush_loop(self) -> None:
+        """Commit everything pending in one transaction, repeat while more arrived meanwhile."""
+        try:
+            while self._pending:
+                group, self._pending = self._pending, []
+                try:
+                    results = await self._run(self._write_group, [w for w, _, _ in group])
+                except Exception as exc:
+                    for _, _, future in group:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, apply, future), result in zip(group, results, strict=True):
+                    if apply is not None:
+                        try:
+                            apply(result)
+                        except Exception:
+                            logger.exception("spool: updating the schedule after a commit failed")
+                    if not future.done():
+                        future.set_result(result)
+        finally:
+            self._flusher = None
+
+    def _write_group(self, writes: list[_Write]) -> list[Any]:
+        db = self._conn
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            results = [write(db) for write in writes]
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        return added
+        return results
 
     async def seen_keys(self, keys: Sequence[str], now_ms: int) -> set[str]:
         if not keys:
@@ -257,82 +307,98 @@ class SqliteSpool(Spool):
     async def claim(
         self, target: str, max_events: int, max_bytes: int, lease_s: float
     ) -> list[SpoolRow]:
-        return await self._run(self._claim, target, max_events, max_bytes, lease_s)
-
-    def _claim(
-        self, target: str, max_events: int, max_bytes: int, lease_s: float
-    ) -> list[SpoolRow]:
-        now = now_ms()
-        db = self._conn
-        cursor = db.execute(
-            "SELECT id, route, body, count, first_received, attempts FROM queue"
-            " WHERE target = ? AND next_attempt <= ? AND lease_until <= ?"
-            " ORDER BY id LIMIT ?",
-            (target, now, now, _CLAIM_SCAN),
-        )
-        rows: list[SpoolRow] = []
-        events = size = 0
-        for row_id, route, body, count, first, attempts in cursor:
-            if rows and (events + count > max_events or size + len(body) > max_bytes):
-                break
-            rows.append(SpoolRow(row_id, target, route, body, count, first, attempts))
-            events += count
-            size += len(body)
-        cursor.close()
-        if rows:
-            db.executemany(
-                "UPDATE queue SET lease_until = ? WHERE id = ?",
-                [(now + int(lease_s * 1000), r.id) for r in rows],
+        if time.monotonic() - self._synced_at >= _SYNC_SECONDS:
+            await self._sync()
+        picked = self._due.claim(target, max_events, max_bytes, int(lease_s * 1000), now_ms())
+        if not picked:
+            return []
+        bodies: dict[int, bytes] = {}
+        for row in picked:
+            body = self._bodies.pop(row.id, None)
+            if body is not None:
+                self._bodies_size -= len(body)
+                bodies[row.id] = body
+        missing = [row.id for row in picked if row.id not in bodies]
+        if missing:
+            try:
+                bodies.update(await self._run(self._read_bodies, missing))
+            except BaseException:
+                for row in picked:
+                    self._due.release(row)
+                raise
+        claimed = []
+        for row in picked:
+            body = bodies.get(row.id)
+            if body is None:  # deleted by another process meanwhile
+                self._removed([row.id])
+                continue
+            claimed.append(
+                SpoolRow(
+                    row.id,
+                    row.target,
+                    row.route,
+                    body,
+                    row.count,
+                    row.first_received,
+                    row.attempts,
+                )
             )
-        return rows
+        return claimed
+
+    def _read_bodies(self, ids: list[int]) -> dict[int, bytes]:
+        found: dict[int, bytes] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            cursor = self._conn.execute(f"SELECT id, body FROM queue WHERE id IN ({marks})", chunk)
+            found.update(cursor)
+        return found
+
+    async def _sync(self, force: bool = False) -> None:
+        """Take in rows another process added (``dlq replay``) since we last looked."""
+        self._synced_at = time.monotonic()
+        for row in await self._run(self._external_rows, force):
+            if self._due.add(QueuedRow(*row)):
+                self._bytes += row[4]
+                self._notify([row[1]])
+
+    def _external_rows(self, force: bool) -> list[tuple[Any, ...]]:
+        version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+        if version == self._data_version and not force:
+            return []
+        self._data_version = version
+        return self._conn.execute(_SELECT_META).fetchall()
 
     async def ack(self, rows: Sequence[SpoolRow]) -> None:
         await self.settle(rows, (), ())
 
     async def retry(self, rows: Sequence[SpoolRow], next_attempt_ms: int, error: str) -> None:
-        await self._run(self._retry, [r.id for r in rows], next_attempt_ms, error[:500])
+        ids = [int(r.id) for r in rows]
+        error = error[:500]
 
-    def _retry(self, ids: list[int], next_attempt: int, error: str) -> None:
-        self._conn.executemany(
-            "UPDATE queue SET attempts = attempts + 1, next_attempt = ?, lease_until = 0,"
-            " last_error = ? WHERE id = ?",
-            [(next_attempt, error, i) for i in ids],
-        )
+        def write(db: sqlite3.Connection) -> None:
+            db.executemany(
+                "UPDATE queue SET attempts = attempts + 1, next_attempt = ?, last_error = ?"
+                " WHERE id = ?",
+                [(next_attempt_ms, error, i) for i in ids],
+            )
+
+        def apply(_: None) -> None:
+            for row_id in ids:
+                self._due.retry(row_id, next_attempt_ms)
+            self._notify({r.target for r in rows})
+
+        await self._commit(write, apply)
 
     async def settle(
         self, rows: Sequence[SpoolRow], requeue: Sequence[NewRow], dead: Sequence[DeadRow]
     ) -> None:
-        delta = await self._run(self._settle, list(rows), list(requeue), list(dead))
-        self._bytes += delta
-        if requeue:
-            self._notify({r.target for r in requeue})
+        ids = [int(r.id) for r in rows]
+        requeue, dead = list(requeue), list(dead)
 
-    def _settle(self, rows: list[SpoolRow], requeue: list[NewRow], dead: list[DeadRow]) -> int:
-        db = self._conn
-        delta = sum(len(r.body) for r in requeue) + sum(len(d.body) for d in dead)
-        delta -= sum(len(r.body) for r in rows)
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            db.executemany("DELETE FROM queue WHERE id = ?", [(r.id,) for r in rows])
-            if requeue:
-                db.executemany(
-                    "INSERT INTO queue (target, route, body, count, bytes, first_received,"
-                    " attempts, next_attempt, last_error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (
-                            r.target,
-                            r.route,
-                            r.body,
-                            r.count,
-                            len(r.body),
-                            r.first_received_ms,
-                            r.attempts,
-                            r.next_attempt_ms,
-                            r.last_error[:500],
-                        )
-                        for r in requeue
-                    ],
-                )
+        def write(db: sqlite3.Connection) -> list[int]:
+            db.executemany("DELETE FROM queue WHERE id = ?", [(i,) for i in ids])
+            new_ids = [db.execute(_INSERT_ROW, _row_values(r)).lastrowid or 0 for r in requeue]
             if dead:
                 db.executemany(
                     "INSERT INTO dead (target, route, body, count, bytes, first_received,"
@@ -352,11 +418,15 @@ class SqliteSpool(Spool):
                         for d in dead
                     ],
                 )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        return delta
+            return new_ids
+
+        def apply(new_ids: list[int]) -> None:
+            self._removed(ids)
+            self._bytes += sum(len(d.body) for d in dead)
+            if requeue:
+                self._added(requeue, new_ids, cache=False)
+
+        await self._commit(write, apply)
 
     # -- observation and the dead-letter queue ---------------------------------------------
     async def stats(self) -> SpoolStats:
@@ -408,6 +478,7 @@ class SqliteSpool(Spool):
 
     async def replay_dead(self, target: str | None = None, ids: Iterable[str] = ()) -> int:
         moved, targets = await self._run(self._replay_dead, target, list(ids))
+        await self._sync(force=True)  # the replayed rows join the schedule
         self._notify(targets)
         return moved
 
@@ -452,3 +523,17 @@ class SqliteSpool(Spool):
             db.execute("ROLLBACK")
             raise
         return int(events), int(size)
+
+
+def _row_values(r: NewRow) -> tuple[Any, ...]:
+    return (
+        r.target,
+        r.route,
+        r.body,
+        r.count,
+        len(r.body),
+        r.first_received_ms,
+        r.attempts,
+        r.next_attempt_ms,
+        r.last_error[:500],
+    )

@@ -1,0 +1,164 @@
+"""What the SQLite spool adds to the contract: its schedule in memory, its body cache, and rows
+written by another process (``statsig-relay dlq replay``) joining a running spool."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import orjson
+
+from relay.events import now_ms
+from relay.spool import sqlite as sqlite_spool
+from relay.spool.base import NewRow
+from relay.spool.due import DueIndex, QueuedRow
+from relay.spool.sqlite import SqliteSpool, SqliteSpoolConfig
+from tests.fakes import poll_until
+
+BIG = 1 << 30
+
+
+def row(tag: str, count: int = 1, target: str = "t") -> NewRow:
+    body = orjson.dumps([{"eventName": tag, "i": i} for i in range(count)])
+    return NewRow(target, "route", body, count, now_ms())
+
+
+def tags(rows: list) -> list[str]:
+    return [orjson.loads(r.body)[0]["eventName"] for r in rows]
+
+
+async def open_spool(path: Path, lock: bool = True) -> SqliteSpool:
+    spool = SqliteSpool(SqliteSpoolConfig(path=str(path), synchronous="normal"), lock=lock)
+    await spool.open()
+    return spool
+
+
+async def test_rows_left_claimed_by_a_closed_spool_are_due_at_once_when_reopened(
+    tmp_path: Path,
+) -> None:
+    spool = await open_spool(tmp_path / "s.db")
+    await spool.enqueue([row("a"), row("b", 2), row("c", target="u")])
+    claimed = await spool.claim("t", 100, BIG, 3600)
+    assert tags(claimed) == ["a", "b"]
+    await spool.retry(claimed[1:], now_ms() + 3_600_000, "HTTP 503")
+    await spool.close()  # "a" is still leased for an hour, "b" waits an hour
+
+    spool = await open_spool(tmp_path / "s.db")
+    try:
+        (again,) = await spool.claim("t", 100, BIG, 30)
+        assert (tags([again]), again.attempts) == (["a"], 0)  # the old lease is void
+        assert await spool.claim("t", 100, BIG, 30) == []  # "b" keeps its next attempt
+        assert tags(await spool.claim("u", 100, BIG, 30)) == ["c"]
+    finally:
+        await spool.close()
+
+
+async def test_rows_replayed_by_another_process_are_claimed_by_the_running_spool(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "s.db"
+    running = await open_spool(path)
+    try:
+        await running.enqueue([row("bad")])
+        await running.dead_letter(await running.claim("t", 100, BIG, 30), "HTTP 400", now_ms())
+        assert await running.claim("t", 100, BIG, 30) == []
+
+        cli = await open_spool(path, lock=False)  # what `statsig-relay dlq replay` opens
+        try:
+            assert await cli.replay_dead("t") == 1
+        finally:
+            await cli.close()
+
+        found = []
+
+        async def replayed() -> bool:
+            found.extend(await running.claim("t", 100, BIG, 30))
+            return bool(found)
+
+        await poll_until(replayed, timeout=5, interval=0.05)
+        assert tags(found) == ["bad"] and found[0].attempts == 0
+        await running.ack(found)
+        assert (await running.stats()).queued == {}
+    finally:
+        await running.close()
+
+
+async def test_bodies_past_the_cache_are_read_back_from_the_file(
+    tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setattr(sqlite_spool, "_BODY_CACHE_BYTES", 200)
+    spool = await open_spool(tmp_path / "s.db")
+    try:
+        rows = [row(f"r{i}", count=5) for i in range(6)]  # ~100 bytes each: 2 stay cached
+        await spool.enqueue(rows)
+        assert 0 < len(spool._bodies) < len(rows)
+        claimed = await spool.claim("t", 1000, BIG, 30)
+        assert [r.body for r in claimed] == [r.body for r in rows]
+        assert spool._bodies == {} and spool._bodies_size == 0
+        await spool.ack(claimed)
+        assert (await spool.stats()).bytes_used == 0
+    finally:
+        await spool.close()
+
+
+async def test_a_group_commit_carries_acks_and_new_rows_in_one_transaction(
+    tmp_path: Path,
+) -> None:
+    spool = await open_spool(tmp_path / "s.db")
+    transactions = 0
+    write_group = spool._write_group
+
+    def counting(writes: list) -> list:
+        nonlocal transactions
+        transactions += 1
+        return write_group(writes)
+
+    spool._write_group = counting  # type: ignore[method-assign]
+    try:
+        await spool.enqueue([row("a")])
+        first = await spool.claim("t", 100, BIG, 30)
+        transactions = 0
+        await asyncio.gather(spool.ack(first), spool.enqueue([row("b")]), spool.enqueue([row("c")]))
+        assert transactions == 1
+        assert tags(await spool.claim("t", 100, BIG, 30)) == ["b", "c"]
+    finally:
+        await spool.close()
+
+
+def queued(row_id: int, count: int = 1, next_attempt: int = 0) -> QueuedRow:
+    return QueuedRow(row_id, "t", "r", count, 10, 0, 0, next_attempt)
+
+
+def test_acked_rows_do_not_pile_up_in_the_lease_heap() -> None:
+    index = DueIndex()
+    for i in range(5000):  # bounded
+        index.add(queued(i))
+        (claimed,) = index.claim("t", 1, BIG, 3_600_000, now=1)
+        index.remove(claimed.id)
+    assert len(index) == 0
+    assert len(index._leases) <= 1024 + 2
+
+
+def test_a_reused_row_id_does_not_revive_the_old_row() -> None:
+    index = DueIndex()
+    index.add(queued(7))
+    (old,) = index.claim("t", 10, BIG, 100, now=1)
+    index.remove(7)
+    index.add(queued(7, count=2))  # SQLite reuses the id of a deleted last row
+    (new,) = index.claim("t", 10, BIG, 1000, now=1)
+    assert new is not old and new.count == 2
+    assert index.claim("t", 10, BIG, 1000, now=500) == []  # old's lease entry is stale
+    assert [r.count for r in index.claim("t", 10, BIG, 1000, now=1002)] == [2]  # new's ran out
+
+
+def test_retried_rows_wait_then_come_back_in_receive_order() -> None:
+    index = DueIndex()
+    for i in (1, 2, 3):
+        index.add(queued(i))
+    first = index.claim("t", 1, BIG, 1000, now=0)
+    index.retry(first[0].id, next_attempt=50)
+    assert [r.id for r in index.claim("t", 10, BIG, 1000, now=10)] == [2, 3]
+    index.retry(2, next_attempt=0)
+    index.retry(3, next_attempt=0)
+    assert [r.id for r in index.claim("t", 10, BIG, 1000, now=60)] == [1, 2, 3]
+    assert [r.attempts for r in index.rows.values()] == [1, 1, 1]
