@@ -145,6 +145,12 @@ class Deliverer:
         size = sum(len(r.body) for r in rows)
         deadline = min(r.first_received_ms for r in rows) / 1000 + cfg.linger
         while events < cfg.batch_max_events and size < cfg.batch_max_bytes:
+            # A claim returns at least one row: stop once a row of the average size would no
+            # longer fit, or the batch would go out as a full request plus a small one.
+            if (cfg.batch_max_events - events) * len(rows) < events or (
+                cfg.batch_max_bytes - size
+            ) * len(rows) < size:
+                break
             remaining = deadline - time.time()
             if remaining <= 0 or self._stopping.is_set():
                 break
@@ -164,7 +170,9 @@ class Deliverer:
 
     # -- one claimed batch -----------------------------------------------------------------
     async def _deliver(self, rows: list[SpoolRow]) -> None:
-        batch = Batch([r.body for r in rows], sum(r.count for r in rows))
+        batch = Batch(
+            [r.body for r in rows], sum(r.count for r in rows), counts=[r.count for r in rows]
+        )
         result = _Result()
         for chunk in batch.chunks(self.config.batch_max_events, self.config.batch_max_bytes):
             await self._send_part(chunk, result)

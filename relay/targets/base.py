@@ -117,12 +117,20 @@ class Batch:
     bytes without parsing; one that re-encodes calls :meth:`events` (parsed once, cached).
     """
 
-    __slots__ = ("_bodies", "_events", "count")
+    __slots__ = ("_bodies", "_counts", "_events", "count")
 
-    def __init__(self, bodies: Sequence[bytes], count: int, events: list[Event] | None = None):
+    def __init__(
+        self,
+        bodies: Sequence[bytes],
+        count: int,
+        events: list[Event] | None = None,
+        counts: Sequence[int] | None = None,
+    ):
         self._bodies = list(bodies)
         self._events = events
         self.count = count
+        # Events per body, when known: lets chunks() split between bodies without parsing.
+        self._counts = list(counts) if counts is not None else None
 
     @classmethod
     def of_events(cls, events: list[Event]) -> Batch:
@@ -159,6 +167,10 @@ class Batch:
         """Split to respect a target's limits; no parsing when already within them."""
         if self.count <= max_events and (not self._bodies or self.size() <= max_bytes):
             return [self]
+        if self._events is None:
+            whole = self._split_between_bodies(max_events, max_bytes)
+            if whole is not None:
+                return whole
         events = self.events()
         out: list[Batch] = []
         current: list[Event] = []
@@ -172,6 +184,30 @@ class Batch:
             size += event_size
         if current:
             out.append(Batch.of_events(current))
+        return out
+
+    def _split_between_bodies(self, max_events: int, max_bytes: int) -> list[Batch] | None:
+        """Pack whole stored bodies into batches within the limits; None if one body alone is
+        over them (then the events must be split). Parsing and re-encoding a batch costs more
+        than the rest of its delivery, so the common case — a few rows past the limit — avoids
+        it."""
+        counts = self._counts
+        if counts is None or len(counts) != len(self._bodies):
+            return None
+        out: list[Batch] = []
+        bodies: list[bytes] = []
+        part_counts: list[int] = []
+        size = 0  # of the spliced array: sum of body sizes - one per body + 1
+        for body, count in zip(self._bodies, counts, strict=True):
+            if count > max_events or len(body) > max_bytes:
+                return None
+            if bodies and (sum(part_counts) + count > max_events or size + len(body) > max_bytes):
+                out.append(Batch(bodies, sum(part_counts), counts=part_counts))
+                bodies, part_counts, size = [], [], 0
+            bodies.append(body)
+            part_counts.append(count)
+            size += len(body) - 1
+        out.append(Batch(bodies, sum(part_counts), counts=part_counts))
         return out
 
 
