@@ -10,15 +10,18 @@ from pathlib import Path
 import orjson
 
 from relay.app import Relay
-from tests.conftest import RelayFactory, fixture_bytes, get, post
+from tests.conftest import (
+    RelayFactory,
+    admin_url,
+    fixture_bytes,
+    get,
+    metrics_text,
+    post_export,
+    sample,
+)
 from tests.fakes import FakeTargetFactory, RecordedRequest, poll_until
 
 EXPORT = fixture_bytes("statsig_export_batch.json")
-
-
-async def send_export(relay: Relay) -> None:
-    status, _, _ = await post(f"http://127.0.0.1:{relay.public_port}/webhooks/statsig", EXPORT)
-    assert status == 200
 
 
 async def test_fivetran_gets_the_raw_batch_with_a_base64_hmac(
@@ -41,7 +44,7 @@ targets:
                linger: 0s}}
 routes: [{{name: all, from: statsig, to: warehouse}}]
 """)
-    await send_export(relay)
+    assert await post_export(relay, EXPORT) == 200
     await fake.wait_for(lambda: len(fake.events()) == 5)
     assert fake.failures == []
     assert [e["eventName"] for e in fake.events()] == [e["eventName"] for e in orjson.loads(EXPORT)]
@@ -69,7 +72,7 @@ targets:
     signing: {{scheme: hmac, secret: hook-secret, header: X-Signature, prefix: "sha256="}}
 routes: [{{name: all, from: statsig, to: hooks, filter: {{categories: [custom]}}}}]
 """)
-    await send_export(relay)
+    assert await post_export(relay, EXPORT) == 200
     await fake.wait_for(lambda: len(fake.events()) == 2)
     assert fake.failures == []
     assert [e["eventName"] for e in fake.events()] == ["page_view", "my_custom_event"]
@@ -84,7 +87,7 @@ sources: {{statsig: {{type: statsig_webhook}}}}
 targets: {{hooks: {{type: webhook, url: "{fake.url}/hook", format: ndjson, linger: 0s}}}}
 routes: [{{name: all, from: statsig, to: hooks}}]
 """)
-    await send_export(relay)
+    assert await post_export(relay, EXPORT) == 200
     [request] = await fake.wait_for_requests(1)
     assert request.headers["Content-Type"] == "application/x-ndjson"
     lines = request.body.decode().strip().split("\n")
@@ -100,8 +103,8 @@ sources: {{statsig: {{type: statsig_webhook}}}}
 targets: {{local: {{type: file, path: "{out}", linger: 0s}}}}
 routes: [{{name: all, from: statsig, to: local}}]
 """)
-    await send_export(relay)
-    await send_export(relay)
+    assert await post_export(relay, EXPORT) == 200
+    assert await post_export(relay, EXPORT) == 200
     await poll_until(lambda: out.exists() and len(out.read_text().splitlines()) == 10)
     first = orjson.loads(out.read_text().splitlines()[0])
     assert first["eventName"] == "page_view" and first["timestamp"] == 1644520566967
@@ -122,32 +125,25 @@ routes:
   - {{name: to-down, from: statsig, to: down}}
   - {{name: to-up, from: statsig, to: up, filter: {{exclude_categories: [custom]}}}}
 """)
-    await send_export(relay)
+    assert await post_export(relay, EXPORT) == 200
     await up.wait_for(lambda: len(up.events()) == 3)
     await down.wait_for_requests(1)
     await poll_until(lambda: _retried(relay))
     await relay.update_spool_metrics()
-    _, text = await get(f"http://127.0.0.1:{relay.admin_port}/metrics")
+    text = await metrics_text(relay)
     assert 'relay_spool_events{target="down"} 5.0' in text
     assert 'relay_spool_events{target="up"} 0.0' in text
-    age = _value(text, 'relay_spool_oldest_age_seconds{target="down"}')
+    age = sample(text, 'relay_spool_oldest_age_seconds{target="down"}')
     assert age > 0
     assert 'relay_events_filtered_total{route="to-up"} 2.0' in text
     assert 'relay_events_delivered_total{target="up"} 3.0' in text
     assert 'relay_batch_size_events_count{target="up"} 1.0' in text
     assert 'relay_delivery_latency_seconds_count{target="up"} 1.0' in text
     assert 'relay_delivery_requests_total{outcome="retry",target="down"} 1.0' in text
-    _, health = await get(f"http://127.0.0.1:{relay.admin_port}/healthz")
+    _, health = await get(admin_url(relay, "/healthz"))
     assert orjson.loads(health) == {"alive": True}
 
 
 async def _retried(relay: Relay) -> bool:
     stats = await relay.spool.stats()
     return "down" in stats.queued and not relay.deliverers["down"]._inflight
-
-
-def _value(text: str, prefix: str) -> float:
-    for line in text.splitlines():
-        if line.startswith(prefix):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"{prefix} not in metrics")

@@ -4,12 +4,8 @@ a fake Chronosphere that enforces the documented field limits and the ±24 h win
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
 from datetime import datetime
-from pathlib import Path
-from typing import Any
 
-import aiohttp
 import orjson
 import pytest
 
@@ -23,11 +19,8 @@ from relay.targets.chronosphere import (
     change_event,
     rfc3339,
 )
+from tests.conftest import RelayFactory, fixture_json, metric, post_export
 from tests.fakes import Answer, FakeTarget, RecordedRequest, poll_until
-
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
-if not FIXTURES.is_dir():
-    FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 TOKEN = "chrono-token-do-not-log"
 PATH = "/api/v1/data/events"
@@ -68,10 +61,8 @@ def chronosphere_check(req: RecordedRequest) -> None:
     assert abs(happened - now_ms()) <= DAY_MS, f"happened_at {event['happened_at']} out of ±24 h"
 
 
-def relay_yaml(tmp_path: Path, url: str, target: str = "", route: str = "") -> str:
+def config(url: str, target: str = "", route: str = "") -> str:
     return f"""
-server: {{listen: "127.0.0.1:0", admin_listen: "127.0.0.1:0", shutdown_grace: 2s}}
-spool: {{backend: sqlite, path: "{tmp_path}/spool.db", synchronous: normal}}
 sources:
   statsig: {{type: statsig_webhook}}
 targets:
@@ -79,35 +70,6 @@ targets:
 routes:
   - {{name: changes, from: statsig, to: chrono{route}}}
 """
-
-
-@pytest.fixture
-async def start() -> AsyncIterator[Callable[[str], Any]]:
-    relays: list[Relay] = []
-
-    async def make(text: str) -> Relay:
-        relay = Relay(parse_config(text, {}))
-        await relay.start()
-        relays.append(relay)
-        return relay
-
-    yield make
-    for relay in relays:
-        await relay.stop()
-
-
-async def post(relay: Relay, payload: Any) -> int:
-    url = f"http://127.0.0.1:{relay.public_port}/webhooks/statsig"
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(url, data=orjson.dumps(payload)) as response,
-    ):
-        await response.read()
-        return response.status
-
-
-def metric(relay: Relay, name: str, **labels: str) -> float:
-    return relay.metrics.registry.get_sample_value(name, labels) or 0.0
 
 
 async def settled(relay: Relay, delivered: int, dead: int = 0) -> None:
@@ -138,16 +100,12 @@ def config_change(
     }
 
 
-def fixture(name: str) -> Any:
-    return orjson.loads((FIXTURES / name).read_bytes())
-
-
 # -- the mapping -----------------------------------------------------------------------------
 
 
 def test_fixture_config_changes_map_exactly() -> None:
-    changes = fixture("statsig_config_changes.json")["data"]
-    expected = fixture("expected_chronosphere_events.json")
+    changes = fixture_json("statsig_config_changes.json")["data"]
+    expected = fixture_json("expected_chronosphere_events.json")
     assert [{"event": change_event(c)} for c in changes] == expected
 
 
@@ -168,10 +126,10 @@ def test_missing_fields_still_make_a_valid_change_event() -> None:
 
 
 async def test_fixture_config_changes_arrive_as_expected_change_events(
-    tmp_path: Path, start
+    relay_factory: RelayFactory,
 ) -> None:
-    changes = fixture("statsig_config_changes.json")
-    expected = fixture("expected_chronosphere_events.json")
+    changes = fixture_json("statsig_config_changes.json")
+    expected = fixture_json("expected_chronosphere_events.json")
     # Shift to the present (whole seconds, so the millisecond formatting is the fixture's).
     shift = (now_ms() - changes["data"][0]["timestamp"]) // 1000 * 1000
     for change in changes["data"]:
@@ -181,20 +139,20 @@ async def test_fixture_config_changes_arrive_as_expected_change_events(
             parse_rfc3339_ms(item["event"]["happened_at"]) + shift
         )
     async with FakeTarget(check=chronosphere_check) as fake:
-        relay = await start(relay_yaml(tmp_path, fake.url))
-        assert await post(relay, changes) == 200
+        relay = await relay_factory(config(fake.url), shutdown_grace="2s")
+        assert await post_export(relay, changes) == 200
         await settled(relay, 2)
     assert fake.failures == []
     assert [r.json for r in fake.requests] == expected
 
 
 async def test_27_hour_old_change_is_sent_clamped_with_its_real_time_in_a_label(
-    tmp_path: Path, start
+    relay_factory: RelayFactory,
 ) -> None:
     old_ms = now_ms() - 27 * 3600 * 1000
     async with FakeTarget(check=chronosphere_check) as fake:
-        relay = await start(relay_yaml(tmp_path, fake.url))
-        await post(relay, [config_change("old_gate", at_ms=old_ms)])
+        relay = await relay_factory(config(fake.url), shutdown_grace="2s")
+        await post_export(relay, [config_change("old_gate", at_ms=old_ms)])
         await settled(relay, 1)
     assert fake.failures == []  # inside the window, so Chronosphere takes it
     (req,) = fake.requests
@@ -205,12 +163,16 @@ async def test_27_hour_old_change_is_sent_clamped_with_its_real_time_in_a_label(
     assert event["title"] == "old_gate updated"
 
 
-async def test_other_categories_are_never_sent_even_without_a_filter(tmp_path: Path, start) -> None:
-    exports = fixture("statsig_export_batch.json")  # 5 events, none a config change
+async def test_other_categories_are_never_sent_even_without_a_filter(
+    relay_factory: RelayFactory,
+) -> None:
+    exports = fixture_json("statsig_export_batch.json")  # 5 events, none a config change
     mixed = [*exports[:3], config_change("mixed_gate", "created"), *exports[3:]]
     async with FakeTarget(check=chronosphere_check) as fake:
-        relay = await start(relay_yaml(tmp_path, fake.url))  # the route has no filter
-        assert await post(relay, mixed) == 200
+        relay = await relay_factory(
+            config(fake.url), shutdown_grace="2s"
+        )  # the route has no filter
+        assert await post_export(relay, mixed) == 200
         dropped = metric(
             relay, "relay_events_dropped_total", route="changes", reason="unsupported_by_target"
         )
@@ -225,13 +187,13 @@ async def test_other_categories_are_never_sent_even_without_a_filter(tmp_path: P
     )
 
 
-async def test_long_fields_are_cut_with_a_marker_not_rejected(tmp_path: Path, start) -> None:
+async def test_long_fields_are_cut_with_a_marker_not_rejected(relay_factory: RelayFactory) -> None:
     change = config_change(
         "n" * 300, action="updated", description="d" * 6000, type="VeryLongConfigType" * 5
     )
     async with FakeTarget(check=chronosphere_check) as fake:
-        relay = await start(relay_yaml(tmp_path, fake.url))
-        await post(relay, [change])
+        relay = await relay_factory(config(fake.url), shutdown_grace="2s")
+        await post_export(relay, [change])
         await settled(relay, 1)
     assert fake.failures == []
     event = fake.requests[0].json["event"]
@@ -241,12 +203,12 @@ async def test_long_fields_are_cut_with_a_marker_not_rejected(tmp_path: Path, st
     assert event["labels"]["name"] == "n" * 300  # within the label limit: whole
 
 
-async def test_a_rejected_change_is_dead_lettered_alone(tmp_path: Path, start) -> None:
+async def test_a_rejected_change_is_dead_lettered_alone(relay_factory: RelayFactory) -> None:
     changes = [config_change(f"gate_{i}") for i in range(3)]
     async with FakeTarget(check=chronosphere_check) as fake:
         fake.script(200, Answer(400, json={"message": "invalid event"}), 200)
-        relay = await start(relay_yaml(tmp_path, fake.url))
-        await post(relay, changes)  # one request, one spool row of three events
+        relay = await relay_factory(config(fake.url), shutdown_grace="2s")
+        await post_export(relay, changes)  # one request, one spool row of three events
         await settled(relay, 2, dead=1)
         dead = await relay.spool.dead_rows("chrono")
     assert [r.json["event"]["title"] for r in fake.requests] == [
@@ -259,15 +221,16 @@ async def test_a_rejected_change_is_dead_lettered_alone(tmp_path: Path, start) -
 
 
 async def test_a_retried_change_does_not_resend_the_ones_already_accepted(
-    tmp_path: Path, start
+    relay_factory: RelayFactory,
 ) -> None:
     changes = [config_change(f"flag_{i}") for i in range(3)]
     async with FakeTarget(check=chronosphere_check) as fake:
         fake.script(200, 503, 200)
-        relay = await start(
-            relay_yaml(tmp_path, fake.url, target=", retries_in_process: 1, retry_initial: 100ms")
+        relay = await relay_factory(
+            config(fake.url, target=", retries_in_process: 1, retry_initial: 100ms"),
+            shutdown_grace="2s",
         )
-        await post(relay, changes)
+        await post_export(relay, changes)
         await settled(relay, 3)
     titles = [r.json["event"]["title"] for r in fake.requests]
     assert titles == ["flag_0 updated", "flag_1 updated", "flag_2 updated", "flag_1 updated"]
@@ -275,13 +238,13 @@ async def test_a_retried_change_does_not_resend_the_ones_already_accepted(
 
 
 async def test_refused_token_marks_the_target_failing_without_logging_it(
-    tmp_path: Path, start, caplog: pytest.LogCaptureFixture
+    relay_factory: RelayFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
     async with FakeTarget(check=chronosphere_check) as fake:
         fake.script(Answer(401, json={"message": "unauthenticated"}))
-        relay = await start(relay_yaml(tmp_path, fake.url))
-        await post(relay, [config_change("secret_gate")])
+        relay = await relay_factory(config(fake.url), shutdown_grace="2s")
+        await post_export(relay, [config_change("secret_gate")])
         await settled(relay, 0, dead=1)
         ready, detail = relay.readiness()
         dead = await relay.spool.dead_rows("chrono")

@@ -7,7 +7,16 @@ from typing import Any
 import orjson
 
 from relay.app import Relay
-from tests.conftest import RelayFactory, get, post
+from tests.conftest import (
+    RelayFactory,
+    admin_url,
+    get,
+    post,
+    post_export,
+    scraped_metric,
+    spool_empty,
+    webhook_url,
+)
 from tests.fakes import Answer, FakeTarget, FakeTargetFactory, RecordedRequest, poll_until
 
 FAST_RETRY = "retry_initial: 50ms, retry_max: 200ms, timeout: 2s"
@@ -36,20 +45,8 @@ def events(n: int, prefix: str = "e") -> list[dict[str, Any]]:
     ]
 
 
-async def send(relay: Relay, batch: list[dict[str, Any]]) -> tuple[int, Any, dict[str, str]]:
-    return await post(f"http://127.0.0.1:{relay.public_port}/webhooks/statsig", orjson.dumps(batch))
-
-
 def uuids(evts: list[dict[str, Any]]) -> list[str]:
     return [e["timeUUID"] for e in evts]
-
-
-async def metric(relay: Relay, line_start: str) -> float:
-    _, text = await get(f"http://127.0.0.1:{relay.admin_port}/metrics")
-    for line in text.splitlines():
-        if line.startswith(line_start):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 async def test_500_500_200_delivers_once(
@@ -57,19 +54,14 @@ async def test_500_500_200_delivers_once(
 ) -> None:
     fake = await fake_targets(500, 500, 200)
     relay = await relay_factory(config(fake))
-    status, _, _ = await send(relay, events(5))
+    status = await post_export(relay, events(5))
     assert status == 200
     await fake.wait_for(lambda: any(r.status == 200 for r in fake.requests))
     assert [r.status for r in fake.requests] == [500, 500, 200]
     assert all(uuids(r.events()) == uuids(events(5)) for r in fake.requests)
-    await poll_until(lambda: _spool_empty(relay))
-    assert await metric(relay, 'relay_events_delivered_total{target="out"}') == 5
-    assert await metric(relay, 'relay_events_retried_total{target="out"}') == 10
-
-
-async def _spool_empty(relay: Relay) -> bool:
-    stats = await relay.spool.stats()
-    return not stats.queued
+    await poll_until(lambda: spool_empty(relay))
+    assert await scraped_metric(relay, 'relay_events_delivered_total{target="out"}') == 5
+    assert await scraped_metric(relay, 'relay_events_retried_total{target="out"}') == 10
 
 
 async def test_failures_past_in_process_retries_go_back_to_the_spool_then_deliver(
@@ -77,11 +69,11 @@ async def test_failures_past_in_process_retries_go_back_to_the_spool_then_delive
 ) -> None:
     fake = await fake_targets(503, 503, 503, 200)
     relay = await relay_factory(config(fake, ", retries_in_process: 1"))
-    await send(relay, events(3))
+    await post_export(relay, events(3))
     await fake.wait_for(lambda: any(r.status == 200 for r in fake.requests))
-    await poll_until(lambda: _spool_empty(relay))
+    await poll_until(lambda: spool_empty(relay))
     assert [r.status for r in fake.requests] == [503, 503, 503, 200]
-    assert await metric(relay, 'relay_events_delivered_total{target="out"}') == 3
+    assert await scraped_metric(relay, 'relay_events_delivered_total{target="out"}') == 3
 
 
 async def test_retry_after_is_honoured(
@@ -89,7 +81,7 @@ async def test_retry_after_is_honoured(
 ) -> None:
     fake = await fake_targets(Answer(429, headers={"Retry-After": "1"}), 200)
     relay = await relay_factory(config(fake))
-    await send(relay, events(2))
+    await post_export(relay, events(2))
     await fake.wait_for_requests(2)
     first, second = fake.requests
     assert (first.status, second.status) == (429, 200)
@@ -104,8 +96,8 @@ async def test_400_on_one_event_dead_letters_only_that_event(
 
     fake = await fake_targets(default=reject_poison)
     relay = await relay_factory(config(fake))
-    await send(relay, events(10))
-    await poll_until(lambda: _spool_empty(relay))
+    await post_export(relay, events(10))
+    await poll_until(lambda: spool_empty(relay))
     delivered = [u for r in fake.requests if r.status == 200 for u in uuids(r.events())]
     assert sorted(delivered) == sorted(f"e{i}" for i in range(10) if i != 7)
     dead = await relay.spool.dead_rows()
@@ -113,7 +105,10 @@ async def test_400_on_one_event_dead_letters_only_that_event(
     assert uuids(orjson.loads(dead[0].body)) == ["e7"]
     assert dead[0].reason.startswith("HTTP 400")
     assert (
-        await metric(relay, 'relay_events_dead_lettered_total{reason="http_400",target="out"}') == 1
+        await scraped_metric(
+            relay, 'relay_events_dead_lettered_total{reason="http_400",target="out"}'
+        )
+        == 1
     )
 
 
@@ -122,8 +117,8 @@ async def test_max_attempts_dead_letters_with_the_last_error(
 ) -> None:
     fake = await fake_targets(default=500)
     relay = await relay_factory(config(fake, ", retries_in_process: 1, max_attempts: 2"))
-    await send(relay, events(4))
-    await poll_until(lambda: _spool_empty(relay))
+    await post_export(relay, events(4))
+    await poll_until(lambda: spool_empty(relay))
     dead = await relay.spool.dead_rows()
     assert [d.count for d in dead] == [4]
     assert "gave up after 2 attempts" in dead[0].reason and "HTTP 500" in dead[0].reason
@@ -135,8 +130,8 @@ async def test_501_and_404_are_permanent_not_retried(
 ) -> None:
     fake = await fake_targets(default=501)
     relay = await relay_factory(config(fake))
-    await send(relay, events(1))
-    await poll_until(lambda: _spool_empty(relay))
+    await post_export(relay, events(1))
+    await poll_until(lambda: spool_empty(relay))
     assert len(fake.requests) == 1
     assert (await relay.spool.dead_rows())[0].reason.startswith("HTTP 501")
 
@@ -158,7 +153,7 @@ routes:
   - {{name: to-fast, from: statsig, to: fast}}
 """)
     for i in range(5):
-        status, _, _ = await send(relay, events(2, prefix=f"b{i}-"))
+        status = await post_export(relay, events(2, prefix=f"b{i}-"))
         assert status == 200
     await healthy.wait_for(lambda: len(healthy.events()) == 10, timeout=5)
     await hanging.wait_for_requests(2)  # timed out and retried, holding only its own slot
@@ -174,7 +169,7 @@ async def test_rows_are_merged_into_batches_within_the_target_limits(
         config(fake, ", batch_max_events: 10, concurrency: 1").replace("linger: 0s", "linger: 1s")
     )
     for i in range(6):
-        await send(relay, events(4, prefix=f"b{i}-"))
+        await post_export(relay, events(4, prefix=f"b{i}-"))
     await fake.wait_for(lambda: len(fake.events()) == 24)
     sizes = [len(r.events()) for r in fake.requests]
     assert max(sizes) <= 10
@@ -187,7 +182,7 @@ async def test_a_row_larger_than_the_batch_limit_is_split(
 ) -> None:
     fake = await fake_targets()
     relay = await relay_factory(config(fake, ", batch_max_events: 7"))
-    await send(relay, events(20))
+    await post_export(relay, events(20))
     await fake.wait_for(lambda: len(fake.events()) == 20)
     assert [len(r.events()) for r in fake.requests] == [7, 7, 6]
 
@@ -199,14 +194,16 @@ async def test_spool_full_answers_503_with_retry_after(
     relay = await relay_factory(config(fake), spool="max_size: 2KB", server="retry_after: 7s")
     statuses = []
     for i in range(10):
-        status, payload, headers = await send(relay, events(5, prefix=f"b{i}-"))
+        status, payload, headers = await post(
+            webhook_url(relay), orjson.dumps(events(5, prefix=f"b{i}-"))
+        )
         statuses.append(status)
         if status == 503:
             assert headers["Retry-After"] == "7"
             assert "spool is full" in payload["error"]
             break
     assert statuses[0] == 200 and statuses[-1] == 503
-    _, ready = await get(f"http://127.0.0.1:{relay.admin_port}/readyz")
+    _, ready = await get(admin_url(relay, "/readyz"))
     assert "spool is full" in ready
 
 
@@ -215,12 +212,12 @@ async def test_dead_letters_can_be_replayed(
 ) -> None:
     fake = await fake_targets(400)
     relay = await relay_factory(config(fake))
-    await send(relay, events(1))
+    await post_export(relay, events(1))
     await poll_until(lambda: _dead_count(relay, 1))
     moved = await relay.spool.replay_dead("out")
     assert moved == 1
     await fake.wait_for(lambda: any(r.status == 200 for r in fake.requests))
-    await poll_until(lambda: _spool_empty(relay))
+    await poll_until(lambda: spool_empty(relay))
     assert await relay.spool.dead_rows() == []
 
 

@@ -4,26 +4,18 @@ Heap that checks Heap's documented request shapes and limits."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
-import aiohttp
-import orjson
 import pytest
 
-from relay.app import Relay
 from relay.config import parse_config
 from relay.schema import ConfigError
-from relay.sources.statsig_webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from relay.targets.heap import HeapConfig, HeapTarget
 from relay.targets.ratelimit import TokenBucket
-from tests.fakes import Answer, FakeTarget, RecordedRequest, poll_until
-
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
-if not FIXTURES.is_dir():
-    FIXTURES = Path(__file__).resolve().parent / "fixtures"
+from tests.conftest import RelayFactory, fixture_bytes, metric, post_export, wait_delivered
+from tests.fakes import Answer, FakeTarget, RecordedRequest
 
 APP_ID = "4242424242"
 TRACK = "/api/track"
@@ -74,12 +66,8 @@ def heap_check(req: RecordedRequest) -> None:
         raise AssertionError(f"unexpected path {req.path}")
 
 
-def relay_yaml(
-    tmp_path: Path, heap_url: str, heap: str = "", route: str = "", source: str = ""
-) -> str:
+def config(heap_url: str, heap: str = "", route: str = "", source: str = "") -> str:
     return f"""
-server: {{listen: "127.0.0.1:0", admin_listen: "127.0.0.1:0", shutdown_grace: 2s}}
-spool: {{backend: sqlite, path: "{tmp_path}/spool.db", synchronous: normal}}
 sources:
   statsig: {{type: statsig_webhook{source}}}
 targets:
@@ -87,47 +75,6 @@ targets:
 routes:
   - {{name: to-heap, from: statsig, to: heap{route}}}
 """
-
-
-@pytest.fixture
-async def start() -> AsyncIterator[Callable[[str], Any]]:
-    relays: list[Relay] = []
-
-    async def make(text: str) -> Relay:
-        relay = Relay(parse_config(text, {}))
-        await relay.start()
-        relays.append(relay)
-        return relay
-
-    yield make
-    for relay in relays:
-        await relay.stop()
-
-
-async def post(relay: Relay, payload: Any, secret: str | None = None) -> int:
-    body = payload if isinstance(payload, bytes) else orjson.dumps(payload)
-    headers = {"Content-Type": "application/json"}
-    if secret:
-        stamp = str(int(time.time() * 1000))
-        headers |= {TIMESTAMP_HEADER: stamp, SIGNATURE_HEADER: sign(secret.encode(), stamp, body)}
-    url = f"http://127.0.0.1:{relay.public_port}/webhooks/statsig"
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(url, data=body, headers=headers) as r,
-    ):
-        await r.read()
-        return r.status
-
-
-def metric(relay: Relay, name: str, **labels: str) -> float:
-    return relay.metrics.registry.get_sample_value(name, labels) or 0.0
-
-
-async def delivered(relay: Relay, n: int) -> None:
-    await poll_until(
-        lambda: metric(relay, "relay_events_delivered_total", target="heap") >= n,
-        message=lambda: f"delivered {metric(relay, 'relay_events_delivered_total', target='heap')}",
-    )
 
 
 def requests_to(fake: FakeTarget, path: str) -> list[RecordedRequest]:
@@ -152,14 +99,16 @@ def gate_exposure(
 # -- mapping ---------------------------------------------------------------------------------
 
 
-async def test_export_fixture_becomes_bulk_track_and_user_properties(tmp_path: Path, start) -> None:
+async def test_export_fixture_becomes_bulk_track_and_user_properties(
+    relay_factory: RelayFactory,
+) -> None:
     secret = "webhook-secret"
     async with FakeTarget(check=heap_check) as fake:
-        relay = await start(relay_yaml(tmp_path, fake.url, source=f", signing_secret: {secret}"))
-        assert (
-            await post(relay, (FIXTURES / "statsig_export_batch.json").read_bytes(), secret) == 200
+        relay = await relay_factory(
+            config(fake.url, source=f", signing_secret: {secret}"), shutdown_grace="2s"
         )
-        await delivered(relay, 5)
+        assert await post_export(relay, fixture_bytes("statsig_export_batch.json"), secret) == 200
+        await wait_delivered(relay, "heap", 5)
 
     assert fake.failures == []
     (track,) = requests_to(fake, TRACK)
@@ -198,23 +147,25 @@ async def test_export_fixture_becomes_bulk_track_and_user_properties(tmp_path: P
     ]
 
 
-async def test_signed_request_with_wrong_secret_sends_nothing(tmp_path: Path, start) -> None:
+async def test_signed_request_with_wrong_secret_sends_nothing(relay_factory: RelayFactory) -> None:
     async with FakeTarget(check=heap_check) as fake:
-        relay = await start(relay_yaml(tmp_path, fake.url, source=", signing_secret: right"))
-        status = await post(relay, [gate_exposure("u", "g", True, "t1")], secret="wrong")
+        relay = await relay_factory(
+            config(fake.url, source=", signing_secret: right"), shutdown_grace="2s"
+        )
+        status = await post_export(relay, [gate_exposure("u", "g", True, "t1")], secret="wrong")
         assert status == 401
         assert metric(relay, "relay_events_routed_total", route="to-heap") == 0
     assert fake.requests == []
 
 
-async def test_unit_id_picks_the_custom_id_named_by_unitID(tmp_path: Path, start) -> None:
+async def test_unit_id_picks_the_custom_id_named_by_unitID(relay_factory: RelayFactory) -> None:
     event = gate_exposure("user_9", "device_gate", False, "t-unit")
     event["unitID"] = "stableID"
     event["user"]["customIDs"] = {"stableID": "device-77"}
     async with FakeTarget(check=heap_check) as fake:
-        relay = await start(relay_yaml(tmp_path, fake.url))
-        await post(relay, [event])
-        await delivered(relay, 1)
+        relay = await relay_factory(config(fake.url), shutdown_grace="2s")
+        await post_export(relay, [event])
+        await wait_delivered(relay, "heap", 1)
     assert fake.failures == []
     assert requests_to(fake, TRACK)[0].json["events"][0]["identity"] == "device-77"
     assert requests_to(fake, USERS)[0].json["users"] == [
@@ -222,7 +173,7 @@ async def test_unit_id_picks_the_custom_id_named_by_unitID(tmp_path: Path, start
     ]
 
 
-async def test_properties_are_flattened_and_cut_to_heap_limits(tmp_path: Path, start) -> None:
+async def test_properties_are_flattened_and_cut_to_heap_limits(relay_factory: RelayFactory) -> None:
     event = {
         "eventName": "checkout",
         "userID": "u1",
@@ -239,9 +190,9 @@ async def test_properties_are_flattened_and_cut_to_heap_limits(tmp_path: Path, s
         "timeUUID": "t-props",
     }
     async with FakeTarget(check=heap_check) as fake:
-        relay = await start(relay_yaml(tmp_path, fake.url))
-        await post(relay, [event])
-        await delivered(relay, 1)
+        relay = await relay_factory(config(fake.url), shutdown_grace="2s")
+        await post_export(relay, [event])
+        await wait_delivered(relay, "heap", 1)
     assert fake.failures == []
     props = requests_to(fake, TRACK)[0].json["events"][0]["properties"]
     assert props["long"] == "x" * 1023
@@ -253,13 +204,15 @@ async def test_properties_are_flattened_and_cut_to_heap_limits(tmp_path: Path, s
 
 
 async def test_events_without_any_id_are_dropped_and_counted_not_rejected(
-    tmp_path: Path, start
+    relay_factory: RelayFactory,
 ) -> None:
     anonymous = {"eventName": "view", "timestamp": 1_700_000_000_000, "user": {"country": "US"}}
     async with FakeTarget(check=heap_check) as fake:
-        relay = await start(relay_yaml(tmp_path, fake.url))
-        await post(relay, [anonymous, gate_exposure("u2", "g", True, "t-ok"), dict(anonymous)])
-        await delivered(relay, 3)
+        relay = await relay_factory(config(fake.url), shutdown_grace="2s")
+        await post_export(
+            relay, [anonymous, gate_exposure("u2", "g", True, "t-ok"), dict(anonymous)]
+        )
+        await wait_delivered(relay, "heap", 3)
         dropped = metric(
             relay, "relay_events_dropped_total", route="target:heap", reason="no_identity"
         )
@@ -270,24 +223,28 @@ async def test_events_without_any_id_are_dropped_and_counted_not_rejected(
     assert [e["identity"] for e in track.json["events"]] == ["u2"]
 
 
-async def test_user_properties_can_be_turned_off(tmp_path: Path, start) -> None:
+async def test_user_properties_can_be_turned_off(relay_factory: RelayFactory) -> None:
     async with FakeTarget(check=heap_check) as fake:
-        relay = await start(relay_yaml(tmp_path, fake.url, heap=", user_properties: false"))
-        await post(relay, [gate_exposure("u3", "g", True, "t-off")])
-        await delivered(relay, 1)
+        relay = await relay_factory(
+            config(fake.url, heap=", user_properties: false"), shutdown_grace="2s"
+        )
+        await post_export(relay, [gate_exposure("u3", "g", True, "t-off")])
+        await wait_delivered(relay, "heap", 1)
     assert [r.path for r in fake.requests] == [TRACK]
 
 
 # -- batching, redelivery, retries -----------------------------------------------------------
 
 
-async def test_1500_exposures_become_two_bulk_requests(tmp_path: Path, start) -> None:
+async def test_1500_exposures_become_two_bulk_requests(relay_factory: RelayFactory) -> None:
     exposures = [gate_exposure(f"user-{i}", "big_gate", i % 2 == 0, f"t-{i}") for i in range(1500)]
     async with FakeTarget(check=heap_check) as fake:
-        relay = await start(relay_yaml(tmp_path, fake.url, heap=", rate_limit_per_minute: 1000000"))
+        relay = await relay_factory(
+            config(fake.url, heap=", rate_limit_per_minute: 1000000"), shutdown_grace="2s"
+        )
         assert relay.targets["heap"].config.batch_max_events == 1000
-        await post(relay, exposures)
-        await delivered(relay, 1500)
+        await post_export(relay, exposures)
+        await wait_delivered(relay, "heap", 1500)
     assert fake.failures == []
     tracks = requests_to(fake, TRACK)
     assert [len(r.json["events"]) for r in tracks] == [1000, 500]
@@ -322,42 +279,44 @@ def test_region_picks_the_base_url() -> None:
         parse_config("targets: {h: {type: heap, app_id: '1', region: mars}}\nroutes: []\n", {})
 
 
-async def test_redelivered_batch_repeats_the_idempotency_keys(tmp_path: Path, start) -> None:
+async def test_redelivered_batch_repeats_the_idempotency_keys(relay_factory: RelayFactory) -> None:
     batch = [gate_exposure(f"u{i}", "g", True, f"redeliver-{i}") for i in range(3)]
     async with FakeTarget(check=heap_check) as fake:
-        relay = await start(relay_yaml(tmp_path, fake.url))
-        await post(relay, batch)
-        await delivered(relay, 3)
-        await post(relay, batch)  # Statsig sends the same batch again
-        await delivered(relay, 6)
+        relay = await relay_factory(config(fake.url), shutdown_grace="2s")
+        await post_export(relay, batch)
+        await wait_delivered(relay, "heap", 3)
+        await post_export(relay, batch)  # Statsig sends the same batch again
+        await wait_delivered(relay, "heap", 6)
     first, second = (
         [e["idempotency_key"] for e in r.json["events"]] for r in requests_to(fake, TRACK)
     )
     assert first == second == ["redeliver-0", "redeliver-1", "redeliver-2"]
 
 
-async def test_event_without_time_uuid_gets_a_stable_idempotency_key(tmp_path: Path, start) -> None:
+async def test_event_without_time_uuid_gets_a_stable_idempotency_key(
+    relay_factory: RelayFactory,
+) -> None:
     event = {"eventName": "signup", "userID": "u5", "timestamp": 1_700_000_000_000}
     async with FakeTarget(check=heap_check) as fake:
-        relay = await start(relay_yaml(tmp_path, fake.url))
-        await post(relay, [event])
-        await post(relay, [dict(event)])
-        await delivered(relay, 2)
+        relay = await relay_factory(config(fake.url), shutdown_grace="2s")
+        await post_export(relay, [event])
+        await post_export(relay, [dict(event)])
+        await wait_delivered(relay, "heap", 2)
     first, second = (r.json["events"][0]["idempotency_key"] for r in requests_to(fake, TRACK))
     assert first == second and first.startswith("relay-")
 
 
-async def test_redelivery_with_dedup_sends_nothing_new(tmp_path: Path, start) -> None:
+async def test_redelivery_with_dedup_sends_nothing_new(relay_factory: RelayFactory) -> None:
     batch = [gate_exposure(f"u{i}", "g", True, f"dedup-{i}") for i in range(4)]
     async with FakeTarget(check=heap_check) as fake:
-        relay = await start(relay_yaml(tmp_path, fake.url, route=", dedup: true"))
-        await post(relay, batch)
-        await delivered(relay, 4)
-        assert await post(relay, batch) == 200
+        relay = await relay_factory(config(fake.url, route=", dedup: true"), shutdown_grace="2s")
+        await post_export(relay, batch)
+        await wait_delivered(relay, "heap", 4)
+        assert await post_export(relay, batch) == 200
         # Dropped at ingest, before the answer: the metric is already there.
         assert metric(relay, "relay_events_dropped_total", route="to-heap", reason="dedup") == 4
-        await post(relay, [gate_exposure("marker", "g", True, "dedup-marker")])
-        await delivered(relay, 5)
+        await post_export(relay, [gate_exposure("marker", "g", True, "dedup-marker")])
+        await wait_delivered(relay, "heap", 5)
     tracks = requests_to(fake, TRACK)
     assert [[e["idempotency_key"] for e in r.json["events"]] for r in tracks] == [
         [f"dedup-{i}" for i in range(4)],
@@ -375,14 +334,16 @@ def timed_heap_check(arrivals: list[float]) -> Callable[[RecordedRequest], None]
     return check
 
 
-async def test_429_with_retry_after_is_honoured_then_delivered_once(tmp_path: Path, start) -> None:
+async def test_429_with_retry_after_is_honoured_then_delivered_once(
+    relay_factory: RelayFactory,
+) -> None:
     batch = [gate_exposure(f"u{i}", "g", True, f"limited-{i}") for i in range(2)]
     arrivals: list[float] = []
     async with FakeTarget(check=timed_heap_check(arrivals)) as fake:
         fake.script(Answer(429, headers={"Retry-After": "1"}, json={"error": "rate limited"}))
-        relay = await start(relay_yaml(tmp_path, fake.url))
-        await post(relay, batch)
-        await delivered(relay, 2)
+        relay = await relay_factory(config(fake.url), shutdown_grace="2s")
+        await post_export(relay, batch)
+        await wait_delivered(relay, "heap", 2)
     assert fake.failures == []
     statuses = [(r.path, r.status) for r in fake.requests]
     assert statuses == [(TRACK, 429), (TRACK, 200), (USERS, 200)]
@@ -413,19 +374,19 @@ def test_token_bucket_never_spends_more_than_the_limit_in_a_minute() -> None:
         assert in_window <= 15_000
 
 
-async def test_rate_limit_spaces_bulk_requests(tmp_path: Path, start) -> None:
+async def test_rate_limit_spaces_bulk_requests(relay_factory: RelayFactory) -> None:
     batch = [gate_exposure(f"u{i}", "g", True, f"rl-{i}") for i in range(300)]
     arrivals: list[float] = []
     async with FakeTarget(check=timed_heap_check(arrivals)) as fake:
         # 6000/min with batches of 100: a burst of 100, then ~98 events a second.
-        relay = await start(
-            relay_yaml(
-                tmp_path,
+        relay = await relay_factory(
+            config(
                 fake.url,
                 heap=", rate_limit_per_minute: 6000, batch_max_events: 100, user_properties: false",
-            )
+            ),
+            shutdown_grace="2s",
         )
-        await post(relay, batch)
+        await post_export(relay, batch)
         await fake.wait_for_requests(3, timeout=15)
     assert fake.failures == []
     assert [len(r.json["events"]) for r in fake.requests] == [100, 100, 100]

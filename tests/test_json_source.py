@@ -12,7 +12,7 @@ from relay.app import Relay
 from relay.config import parse_config
 from relay.schema import ConfigError
 from relay.sources.json_source import JsonSource
-from tests.conftest import RelayFactory, post
+from tests.conftest import RelayFactory, metric, post, public_url
 from tests.fakes import FakeTarget, FakeTargetFactory
 
 MAPPING = """
@@ -42,15 +42,11 @@ routes:
 
 
 def url(relay: Relay) -> str:
-    return f"http://127.0.0.1:{relay.public_port}/ingest/app"
+    return public_url(relay, "/ingest/app")
 
 
 def bearer(key: str = "k1") -> dict[str, str]:
     return {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
-
-
-def metric(relay: Relay, name: str, **labels: str) -> float:
-    return relay.metrics.registry.get_sample_value(name, labels) or 0.0
 
 
 EVENT = {

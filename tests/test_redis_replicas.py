@@ -15,11 +15,10 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import aiohttp
 import pytest
 
 from relay.app import Relay
-from relay.config import parse_config
+from tests.conftest import RelayFactory, post_export, spool_empty
 from tests.fakes import Answer, FakeTarget, RecordedRequest, poll_until
 from tests.test_spool_contract import delete_prefix, redis_url  # noqa: F401  (fixture)
 
@@ -28,8 +27,12 @@ StartRelay = Callable[[str, str], Awaitable[Relay]]
 
 
 @pytest.fixture
-async def start_relay(redis_url: str) -> AsyncIterator[StartRelay]:  # noqa: F811
-    """``await start_relay(name, sink_url)``: a started Relay on this test's shared Redis queue."""
+async def start_relay(
+    redis_url: str,  # noqa: F811
+    relay_factory: RelayFactory,
+) -> AsyncIterator[StartRelay]:
+    """``await start_relay(name, sink_url)``: a started Relay on this test's shared Redis queue;
+    stopped here, before the queue's keys are deleted."""
     prefix = f"test-{uuid.uuid4().hex[:12]}"
     started: list[Relay] = []
 
@@ -45,8 +48,7 @@ targets:
 routes:
   - {{name: all, from: statsig, to: sink}}
 """
-        relay = Relay(parse_config(yaml, {}))
-        await relay.start()
+        relay = await relay_factory(yaml, full=True)
         started.append(relay)
         return relay
 
@@ -73,16 +75,9 @@ def make_batch(n: int) -> list[dict[str, Any]]:
 
 async def post_batches(relays: list[Relay], batches: list[list[dict[str, Any]]]) -> None:
     """POST each batch to the relays in turn, all at once; every answer must be a 2xx."""
-    async with aiohttp.ClientSession() as session:
-
-        async def post(relay: Relay, batch: list[dict[str, Any]]) -> int:
-            url = f"http://127.0.0.1:{relay.public_port}/webhooks/statsig"
-            async with session.post(url, json=batch) as response:
-                return response.status
-
-        statuses = await asyncio.gather(
-            *(post(relays[i % len(relays)], batch) for i, batch in enumerate(batches))
-        )
+    statuses = await asyncio.gather(
+        *(post_export(relays[i % len(relays)], batch) for i, batch in enumerate(batches))
+    )
     assert all(200 <= s < 300 for s in statuses), statuses
 
 
@@ -102,10 +97,6 @@ def check_shape(req: RecordedRequest) -> None:
     assert all("timeUUID" in e for e in req.json), "event without timeUUID"
 
 
-async def queue_is_empty(relay: Relay) -> bool:
-    return not (await relay.spool.stats()).queued
-
-
 async def test_two_relays_on_one_queue_deliver_every_event_exactly_once(
     start_relay: StartRelay,
 ) -> None:
@@ -121,7 +112,7 @@ async def test_two_relays_on_one_queue_deliver_every_event_exactly_once(
             return set(delivered_by(fake, "a") + delivered_by(fake, "b")) == set(sent)
 
         await fake.wait_for(all_delivered, timeout=15)
-        await poll_until(lambda: queue_is_empty(relay_a), timeout=10)  # every row acked
+        await poll_until(lambda: spool_empty(relay_a), timeout=10)  # every row acked
         counts = Counter(delivered_by(fake, "a") + delivered_by(fake, "b"))
         assert [uid for uid, n in counts.items() if n != 1] == []
         assert len(counts) == len(sent) == 400
@@ -157,7 +148,7 @@ async def test_rows_leased_by_a_stopped_relay_are_delivered_by_the_other_after_t
 
         relay_b = await start_relay("b", fake.url)
         await fake.wait_for(lambda: set(delivered_by(fake, "b")) == sent, timeout=LEASE + 10)
-        await poll_until(lambda: queue_is_empty(relay_b), timeout=10)
+        await poll_until(lambda: spool_empty(relay_b), timeout=10)
 
         counts = Counter(delivered_by(fake, "b"))
         assert sorted(counts.values()) == [1] * 30

@@ -20,7 +20,7 @@ from segment.analytics.request import APIError
 from relay.app import Relay
 from relay.config import parse_config
 from relay.sources.segment import SegmentSource
-from tests.conftest import RelayFactory, fixture_bytes, fixture_json, post
+from tests.conftest import RelayFactory, fixture_bytes, fixture_json, metric, post, public_url
 from tests.fakes import FakeTarget, FakeTargetFactory
 
 KEY, OLD_KEY = "wk-new", "wk-old"
@@ -48,11 +48,7 @@ def basic(key: str) -> dict[str, str]:
 
 
 def url(relay: Relay, call: str) -> str:
-    return f"http://127.0.0.1:{relay.public_port}/segment/v1/{call}"
-
-
-def metric(relay: Relay, name: str, **labels: str) -> float:
-    return relay.metrics.registry.get_sample_value(name, labels) or 0.0
+    return public_url(relay, f"/segment/v1/{call}")
 
 
 def track(event: str, message_id: str, **extra: Any) -> dict[str, Any]:
@@ -222,9 +218,7 @@ async def test_concurrent_retries_of_one_message_id_are_delivered_once(
     fake = await fake_targets()
     relay = await relay_factory(config(fake))
     body = orjson.dumps({"batch": [track("Racing", "race-1")]})
-    answers = await asyncio.gather(
-        *(post(url(relay, "batch"), body, basic(KEY)) for _ in range(8))
-    )
+    answers = await asyncio.gather(*(post(url(relay, "batch"), body, basic(KEY)) for _ in range(8)))
     assert [status for status, _, _ in answers] == [200] * 8
     await send_marker(relay, fake)
     assert [e["eventName"] for e in fake.events()] == ["Racing", "Marker"]
@@ -326,7 +320,7 @@ async def test_real_client_in_sync_mode_with_gzip(
 ) -> None:
     fake = await fake_targets()
     relay = await relay_factory(config(fake))
-    host = f"http://127.0.0.1:{relay.public_port}/segment"  # the client appends /v1/batch
+    host = public_url(relay, "/segment")  # the client appends /v1/batch
     client = Client(KEY, host=host, sync_mode=True, gzip=True, max_retries=0, timeout=5)
     await in_thread(
         client.track,
@@ -365,7 +359,7 @@ async def test_real_client_batches_in_its_consumer_thread_and_flushes(
 ) -> None:
     fake = await fake_targets()
     relay = await relay_factory(config(fake))
-    host = f"http://127.0.0.1:{relay.public_port}/segment/"  # trailing slash: the client trims
+    host = public_url(relay, "/segment/")  # trailing slash: the client trims
     errors: list[Any] = []
     client = Client(
         OLD_KEY,
@@ -393,7 +387,7 @@ async def test_real_client_with_a_wrong_key_gets_401(
 ) -> None:
     fake = await fake_targets()
     relay = await relay_factory(config(fake))
-    host = f"http://127.0.0.1:{relay.public_port}/segment"
+    host = public_url(relay, "/segment")
     client = Client("not-the-key", host=host, sync_mode=True, max_retries=0, timeout=5)
     with pytest.raises(APIError) as err:
         await in_thread(client.track, user_id="u", event="Nope")

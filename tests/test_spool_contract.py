@@ -175,6 +175,18 @@ def tags(rows: list[SpoolRow]) -> list[str]:
 BIG = 1 << 30
 
 
+async def claim_when_due(spool: Spool) -> list[SpoolRow]:
+    """Claim (30 s lease) until rows come back, for a row whose lease or retry time must pass."""
+    rows: list[SpoolRow] = []
+
+    async def claimed() -> bool:
+        rows.extend(await spool.claim("t", 10, BIG, 30))
+        return bool(rows)
+
+    await poll_until(claimed, timeout=5, interval=0.05)
+    return rows
+
+
 # -- the contract, on both backends ---------------------------------------------------------
 async def test_claim_returns_rows_in_order_within_limits_but_at_least_one(spool: Spool) -> None:
     await spool.enqueue([new_row(f"r{i}", count=3) for i in range(5)])
@@ -198,13 +210,7 @@ async def test_a_leased_row_is_claimed_again_only_after_its_lease_runs_out(spool
     started = time.monotonic()
     assert await spool.claim("t", 10, BIG, 0.3) == []
 
-    again: list[SpoolRow] = []
-
-    async def reclaimed() -> bool:
-        again.extend(await spool.claim("t", 10, BIG, 30))
-        return bool(again)
-
-    await poll_until(reclaimed, timeout=5, interval=0.05)
+    again = await claim_when_due(spool)
     assert time.monotonic() - started >= 0.25
     assert [r.id for r in again] == [row.id]
     assert again[0].attempts == 0  # a lapsed lease is not an attempt
@@ -219,13 +225,7 @@ async def test_retry_counts_an_attempt_and_hides_the_row_until_next_attempt(spoo
     await spool.retry(rows, now_ms() + 400, "HTTP 503: busy")
     assert await spool.claim("t", 10, BIG, 30) == []  # lease released, but not due yet
 
-    again: list[SpoolRow] = []
-
-    async def due() -> bool:
-        again.extend(await spool.claim("t", 10, BIG, 30))
-        return bool(again)
-
-    await poll_until(due, timeout=5, interval=0.05)
+    again = await claim_when_due(spool)
     assert time.monotonic() - started >= 0.35
     assert [(r.id, r.attempts) for r in again] == [(rows[0].id, 1)]
     await spool.retry(again, 0, "HTTP 503: still busy")
@@ -390,13 +390,7 @@ async def test_a_crashed_replicas_claim_is_taken_over_and_its_late_settle_is_ign
     await crashed.close()  # dies holding the lease
     assert await survivor.claim("t", 10, BIG, 30) == []
 
-    taken: list[SpoolRow] = []
-
-    async def taken_over() -> bool:
-        taken.extend(await survivor.claim("t", 10, BIG, 30))
-        return bool(taken)
-
-    await poll_until(taken_over, timeout=5, interval=0.05)
+    taken = await claim_when_due(survivor)
     assert [r.id for r in taken] == [r.id for r in stale]
     await survivor.ack(taken)
 

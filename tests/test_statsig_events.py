@@ -8,10 +8,9 @@ from typing import Any
 import orjson
 import pytest
 
-from relay.app import Relay
 from relay.config import parse_config
 from relay.schema import ConfigError
-from tests.conftest import RelayFactory, get, post
+from tests.conftest import RelayFactory, post, public_url, scraped_metric
 from tests.fakes import FakeTarget, FakeTargetFactory
 
 KEY = "secret-relay-in"
@@ -29,10 +28,6 @@ routes:
 """
 
 
-def url(relay: Relay, path: str) -> str:
-    return f"http://127.0.0.1:{relay.public_port}{path}"
-
-
 def sdk_event(name: str = "add_to_cart", **extra: Any) -> dict[str, Any]:
     event = {
         "eventName": name,
@@ -45,14 +40,6 @@ def sdk_event(name: str = "add_to_cart", **extra: Any) -> dict[str, Any]:
     return event
 
 
-async def metric(relay: Relay, line_start: str) -> float:
-    _, text = await get(f"http://127.0.0.1:{relay.admin_port}/metrics")
-    for line in text.splitlines():
-        if line.startswith(line_start):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
-
-
 async def test_log_event_gzipped_with_the_sdk_headers_is_accepted_like_statsig(
     relay_factory: RelayFactory, fake_targets: FakeTargetFactory
 ) -> None:
@@ -63,7 +50,7 @@ async def test_log_event_gzipped_with_the_sdk_headers_is_accepted_like_statsig(
         "statsigMetadata": {"sdkType": "py-server", "sdkVersion": "0.72.1"},
     }
     status, payload, _ = await post(
-        url(relay, "/statsig/v1/log_event"),
+        public_url(relay, "/statsig/v1/log_event"),
         gzip.compress(orjson.dumps(body)),
         {
             "Content-Type": "application/json",
@@ -95,7 +82,7 @@ async def test_rgstr_takes_the_key_from_the_k_query_parameter_and_a_shared_user(
     del event["user"]
     body = {"events": [event], "user": {"userID": "browser-user"}}
     status, payload, _ = await post(
-        url(relay, "/statsig/v1/rgstr?k=client-other&st=javascript-client&ec=1"),
+        public_url(relay, "/statsig/v1/rgstr?k=client-other&st=javascript-client&ec=1"),
         orjson.dumps(body),
     )
     assert (status, payload) == (202, {"success": True})
@@ -117,12 +104,12 @@ async def test_event_webhook_takes_one_object_or_a_list_with_event_not_eventname
         "timestamp": "1717000000000",
     }
     status, payload, _ = await post(
-        url(relay, "/in/statsig/v1/webhooks/event_webhook"), orjson.dumps(one), headers
+        public_url(relay, "/in/statsig/v1/webhooks/event_webhook"), orjson.dumps(one), headers
     )
     assert (status, payload) == (202, {"success": True})
     many = [{**one, "event": "login", "timestamp": 1_717_000_000}, {**one, "event": "logout"}]
     status, _, _ = await post(
-        url(relay, "/in/statsig/v1/webhooks/event_webhook"), orjson.dumps(many), headers
+        public_url(relay, "/in/statsig/v1/webhooks/event_webhook"), orjson.dumps(many), headers
     )
     assert status == 202
     await fake.wait_for(lambda: len(fake.events()) == 3)
@@ -150,7 +137,7 @@ async def test_missing_or_wrong_key_is_401_and_nothing_is_spooled(
     fake = await fake_targets()
     relay = await relay_factory(config(fake))
     status, payload, _ = await post(
-        url(relay, "/statsig/v1/log_event"),
+        public_url(relay, "/statsig/v1/log_event"),
         orjson.dumps({"events": [sdk_event()]}),
         {"Content-Type": "application/json", **headers},
     )
@@ -158,7 +145,9 @@ async def test_missing_or_wrong_key_is_401_and_nothing_is_spooled(
     assert reason in payload["error"]
     assert "secret-wrong" not in payload["error"]
     assert (await relay.spool.stats()).queued == {}
-    assert await metric(relay, 'relay_events_rejected_total{reason="unauthorized",source="sdk"}')
+    assert await scraped_metric(
+        relay, 'relay_events_rejected_total{reason="unauthorized",source="sdk"}'
+    )
 
 
 async def test_sdk_internal_events_are_accepted_and_left_to_the_route_filter(
@@ -181,7 +170,7 @@ async def test_sdk_internal_events_are_accepted_and_left_to_the_route_filter(
     )
     body = {"events": [diagnostics, exposure, sdk_event()]}
     status, payload, _ = await post(
-        url(relay, "/statsig/v1/log_event"),
+        public_url(relay, "/statsig/v1/log_event"),
         orjson.dumps(body),
         {"statsig-api-key": KEY, "Content-Type": "application/json"},
     )
@@ -192,7 +181,7 @@ async def test_sdk_internal_events_are_accepted_and_left_to_the_route_filter(
     gate = fake.events()[0]
     assert gate["secondaryExposures"] == exposure["secondaryExposures"]
     assert gate["statsigMetadata"] == {"samplingMode": "none"}
-    assert await metric(relay, 'relay_events_filtered_total{route="sdk-out"}') == 1
+    assert await scraped_metric(relay, 'relay_events_filtered_total{route="sdk-out"}') == 1
 
 
 async def test_one_broken_event_is_skipped_and_counted_the_rest_go_on(
@@ -211,7 +200,7 @@ async def test_one_broken_event_is_skipped_and_counted_the_rest_go_on(
         ]
     }
     status, payload, _ = await post(
-        url(relay, "/statsig/v1/log_event"), orjson.dumps(body), {"statsig-api-key": KEY}
+        public_url(relay, "/statsig/v1/log_event"), orjson.dumps(body), {"statsig-api-key": KEY}
     )
     assert status == 202
     assert payload["success"] is True and payload["rejected"] == 4
@@ -219,7 +208,7 @@ async def test_one_broken_event_is_skipped_and_counted_the_rest_go_on(
     await fake.wait_for(lambda: len(fake.events()) == 2)
     assert [e["eventName"] for e in fake.events()] == ["first", "last"]
     line = 'relay_events_rejected_total{reason="malformed_event",source="sdk"}'
-    assert await metric(relay, line) == 4
+    assert await scraped_metric(relay, line) == 4
 
 
 async def test_a_request_with_nothing_usable_is_400_with_the_reasons(
@@ -233,7 +222,7 @@ async def test_a_request_with_nothing_usable_is_400_with_the_reasons(
         (b'{"event": "x"}', 'expected {"events": [...]}'),
         (b"{not json", "malformed JSON"),
     ]:
-        status, payload, _ = await post(url(relay, "/statsig/v1/log_event"), body, headers)
+        status, payload, _ = await post(public_url(relay, "/statsig/v1/log_event"), body, headers)
         assert status == 400, body
         assert words in payload["error"]
     assert (await relay.spool.stats()).queued == {}

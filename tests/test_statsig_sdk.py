@@ -19,7 +19,7 @@ from statsig import StatsigEvent, StatsigOptions, StatsigUser
 from statsig.statsig_error_boundary import _StatsigErrorBoundary
 from statsig.statsig_server import StatsigServer
 
-from tests.conftest import RelayFactory, get
+from tests.conftest import RelayFactory, metrics_text
 from tests.fake_statsig import FakeStatsig
 from tests.fakes import Answer, FakeTarget, RecordedRequest
 
@@ -133,6 +133,6 @@ async def test_the_statsig_python_sdk_logs_through_the_relay_to_statsig(
         paths = {r.path for r in config_api.requests}
         assert any("download_config_specs" in p for p in paths), paths
         assert not any("sdk_exception" in p for p in paths), "the SDK reported an exception"
-        _, metrics = await get(f"http://127.0.0.1:{relay.admin_port}/metrics")
+        metrics = await metrics_text(relay)
         assert 'relay_requests_total{code="202",source="sdk"}' in metrics
         assert SDK_KEY not in metrics and DOWNSTREAM_KEY not in metrics

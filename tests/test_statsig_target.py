@@ -8,12 +8,20 @@ from typing import Any
 import orjson
 import pytest
 
-from relay.app import Relay
 from relay.config import parse_config
 from relay.schema import ConfigError
 from relay.targets.base import Batch
 from relay.targets.statsig import StatsigConfig, StatsigTarget
-from tests.conftest import RelayFactory, fixture_json, get, post
+from tests.conftest import (
+    RelayFactory,
+    admin_url,
+    fixture_json,
+    get,
+    metrics_text,
+    post_export,
+    scraped_metric,
+    spool_empty,
+)
 from tests.fake_statsig import FakeStatsig
 from tests.fakes import Answer, poll_until
 
@@ -48,34 +56,11 @@ def events(n: int, name: str = "add_to_cart") -> list[dict[str, Any]]:
     ]
 
 
-async def send(relay: Relay, batch: list[dict[str, Any]]) -> int:
-    status, _, _ = await post(
-        f"http://127.0.0.1:{relay.public_port}/webhooks/statsig", orjson.dumps(batch)
-    )
-    return status
-
-
-async def metrics_text(relay: Relay) -> str:
-    _, text = await get(f"http://127.0.0.1:{relay.admin_port}/metrics")
-    return text
-
-
-async def metric(relay: Relay, line_start: str) -> float:
-    for line in (await metrics_text(relay)).splitlines():
-        if line.startswith(line_start):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
-
-
-async def spool_empty(relay: Relay) -> bool:
-    return not (await relay.spool.stats()).queued
-
-
 async def test_202_delivers_exports_in_the_log_event_shape(relay_factory: RelayFactory) -> None:
     async with FakeStatsig(KEY) as statsig:
         relay = await relay_factory(config(("statsig", statsig, KEY)))
         exports = fixture_json("statsig_export_batch.json")
-        assert await send(relay, exports) == 200
+        assert await post_export(relay, exports) == 200
         await statsig.wait_for(lambda: len(statsig.delivered()) == len(exports))
         assert statsig.failures == []
         request = statsig.requests[0]
@@ -97,7 +82,7 @@ async def test_202_delivers_exports_in_the_log_event_shape(relay_factory: RelayF
         assert gate["metadata"] == {"gate": "test_gate", "gateValue": "true", "ruleID": "default"}
         assert gate["time"] == 1644520566968
         await poll_until(lambda: spool_empty(relay))
-        assert await metric(relay, 'relay_events_delivered_total{target="statsig"}') == 5
+        assert await scraped_metric(relay, 'relay_events_delivered_total{target="statsig"}') == 5
 
 
 async def test_metadata_becomes_strings_and_fields_fit_statsigs_limits(
@@ -125,7 +110,7 @@ async def test_metadata_becomes_strings_and_fields_fit_statsigs_limits(
                 "huge": "h" * 5000,
             },
         }
-        assert await send(relay, [event]) == 200
+        assert await post_export(relay, [event]) == 200
         await statsig.wait_for(lambda: len(statsig.delivered()) == 1)
         assert statsig.failures == []
         sent = statsig.delivered()[0]
@@ -146,13 +131,13 @@ async def test_metadata_becomes_strings_and_fields_fit_statsigs_limits(
         }
         for field in ("eventName", "value", "metadata", "user"):
             line = f'relay_target_fields_trimmed_total{{field="{field}",target="statsig"}}'
-            assert await metric(relay, line) == 1, field
+            assert await scraped_metric(relay, line) == 1, field
 
 
 async def test_503_503_202_delivers_once(relay_factory: RelayFactory) -> None:
     async with FakeStatsig(KEY, 503, Answer(429, headers={"Retry-After": "0"})) as statsig:
         relay = await relay_factory(config(("statsig", statsig, KEY)))
-        assert await send(relay, events(4)) == 200
+        assert await post_export(relay, events(4)) == 200
         await statsig.wait_for(lambda: len(statsig.delivered()) == 4)
         await poll_until(lambda: spool_empty(relay))
         assert [r.status for r in statsig.requests] == [503, 429, 202]
@@ -169,15 +154,15 @@ async def test_refused_key_dead_letters_marks_the_target_failing_and_never_leaks
     answers = [] if refusal.startswith("wrong") else [Answer(403, json={"error": configured})]
     async with FakeStatsig(KEY, *answers) as statsig:
         relay = await relay_factory(config(("project_a", statsig, configured)))
-        assert await send(relay, events(10)) == 200
+        assert await post_export(relay, events(10)) == 200
         await poll_until(lambda: spool_empty(relay))
         dead = await relay.spool.dead_rows("project_a")
         assert sum(row.count for row in dead) == 10
         assert len(statsig.requests) == 1  # fatal: no bisecting, no retrying
         assert statsig.requests[0].status == (401 if refusal.startswith("wrong") else 403)
         assert "server secret key (secret-…)" in dead[0].reason
-        assert await metric(relay, 'relay_target_failing{target="project_a"}') == 1
-        status, body = await get(f"http://127.0.0.1:{relay.admin_port}/readyz")
+        assert await scraped_metric(relay, 'relay_target_failing{target="project_a"}') == 1
+        status, body = await get(admin_url(relay, "/readyz"))
         assert status == 503
         problems = orjson.loads(body)["problems"]
         assert any("target project_a" in p and "secret-…" in p for p in problems), problems
@@ -194,7 +179,7 @@ async def test_400_for_one_event_dead_letters_only_that_event(
         relay = await relay_factory(config(("statsig", statsig, KEY)))
         batch = events(10)
         batch[6]["eventName"] = "bad_event"
-        assert await send(relay, batch) == 200
+        assert await post_export(relay, batch) == 200
         await poll_until(lambda: spool_empty(relay))
         assert statsig.failures == []
         assert sorted(e["value"] for e in statsig.delivered()) == [0, 1, 2, 3, 4, 5, 7, 8, 9]
@@ -202,14 +187,14 @@ async def test_400_for_one_event_dead_letters_only_that_event(
         dead_events = [e for row in dead for e in orjson.loads(row.body)]
         assert [e["timeUUID"] for e in dead_events] == ["t6"]
         assert dead[0].reason.startswith("HTTP 400")
-        assert await metric(relay, 'relay_target_failing{target="statsig"}') == 0
+        assert await scraped_metric(relay, 'relay_target_failing{target="statsig"}') == 0
 
 
 async def test_413_splits_and_delivers_everything(relay_factory: RelayFactory) -> None:
     async with FakeStatsig(KEY) as statsig:
         statsig.default = statsig.too_large_over(3)
         relay = await relay_factory(config(("statsig", statsig, KEY)))
-        assert await send(relay, events(10)) == 200
+        assert await post_export(relay, events(10)) == 200
         await poll_until(lambda: spool_empty(relay))
         assert sorted(e["value"] for e in statsig.delivered()) == list(range(10))
         assert 413 in [r.status for r in statsig.requests]
@@ -221,7 +206,7 @@ async def test_two_projects_each_get_their_own_key(relay_factory: RelayFactory) 
         relay = await relay_factory(
             config(("project_a", a, "secret-project-a"), ("project_b", b, "secret-project-b"))
         )
-        assert await send(relay, events(3)) == 200
+        assert await post_export(relay, events(3)) == 200
         await a.wait_for(lambda: len(a.delivered()) == 3)
         await b.wait_for(lambda: len(b.delivered()) == 3)
         assert {r.headers["statsig-api-key"] for r in a.requests} == {"secret-project-a"}
@@ -235,7 +220,7 @@ async def test_large_batches_are_capped_at_1000_events_per_request(
 ) -> None:
     async with FakeStatsig(KEY) as statsig:
         relay = await relay_factory(config(("statsig", statsig, KEY)))
-        assert await send(relay, events(1500)) == 200
+        assert await post_export(relay, events(1500)) == 200
         await statsig.wait_for(lambda: len(statsig.delivered()) == 1500)
         assert statsig.failures == []
         assert max(len(r.events()) for r in statsig.requests) <= 1000

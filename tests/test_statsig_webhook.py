@@ -7,7 +7,16 @@ import time
 
 import orjson
 
-from tests.conftest import RelayFactory, fixture_bytes, get, post, signed_headers
+from tests.conftest import (
+    RelayFactory,
+    fixture_bytes,
+    get,
+    metrics_text,
+    post,
+    public_url,
+    signed_headers,
+    webhook_url,
+)
 from tests.fakes import FakeTarget, FakeTargetFactory
 
 SECRETS = ["old-secret", "new-secret"]
@@ -35,7 +44,7 @@ async def test_signed_bare_array_is_acknowledged_and_delivered(
     fake = await fake_targets()
     relay = await relay_factory(config(fake))
     body = fixture_bytes("statsig_export_batch.json")
-    url = f"http://127.0.0.1:{relay.public_port}/webhooks/statsig"
+    url = webhook_url(relay)
     status, payload, _ = await post(url, body, signed_headers("old-secret", body))
     assert (status, payload) == (200, {"accepted": 5, "rejected": 0})
     await fake.wait_for(lambda: len(fake.events()) == 5)
@@ -57,7 +66,7 @@ async def test_legacy_wrapped_form_lifts_exposure_keys_into_metadata(
     fake = await fake_targets()
     relay = await relay_factory(config(fake))
     body = fixture_bytes("statsig_export_batch_legacy_wrapped.json")
-    url = f"http://127.0.0.1:{relay.public_port}/webhooks/statsig"
+    url = webhook_url(relay)
     status, payload, _ = await post(url, body, signed_headers("new-secret", body))  # rotated
     assert (status, payload["accepted"]) == (200, 3)
     await fake.wait_for(lambda: len(fake.events()) == 3)
@@ -73,7 +82,7 @@ async def test_bad_missing_and_stale_signatures_are_401_and_nothing_is_spooled(
     fake = await fake_targets()
     relay = await relay_factory(config(fake))
     body = fixture_bytes("statsig_export_batch.json")
-    url = f"http://127.0.0.1:{relay.public_port}/webhooks/statsig"
+    url = webhook_url(relay)
     ten_minutes_ago = int(time.time() * 1000) - 600_000
     cases = [
         (signed_headers("wrong-secret", body), "signature does not match"),
@@ -103,7 +112,7 @@ async def test_clock_tolerance_is_configurable(
     fake = await fake_targets()
     relay = await relay_factory(config(fake, extra="tolerance: 1h"))
     body = fixture_bytes("statsig_export_batch.json")
-    url = f"http://127.0.0.1:{relay.public_port}/webhooks/statsig"
+    url = webhook_url(relay)
     ten_minutes_ago = int(time.time() * 1000) - 600_000
     status, _, _ = await post(url, body, signed_headers("old-secret", body, at_ms=ten_minutes_ago))
     assert status == 200
@@ -115,7 +124,7 @@ async def test_unsigned_url_verification_is_answered_with_its_code(
     fake = await fake_targets()
     relay = await relay_factory(config(fake))
     body = orjson.dumps({"data": {"event": "url_verification", "verification_code": "c0de"}})
-    url = f"http://127.0.0.1:{relay.public_port}/webhooks/statsig"
+    url = webhook_url(relay)
     status, payload, _ = await post(url, body)
     assert (status, payload) == (200, {"verification_code": "c0de"})
     assert (await relay.spool.stats()).queued == {}
@@ -126,7 +135,7 @@ async def test_malformed_json_is_400_with_the_reason(
 ) -> None:
     fake = await fake_targets()
     relay = await relay_factory(config(fake))
-    url = f"http://127.0.0.1:{relay.public_port}/webhooks/statsig"
+    url = webhook_url(relay)
     for body, reason in [
         (b'[{"eventName": "x",', "malformed JSON"),
         (b"", "empty body"),
@@ -142,7 +151,7 @@ async def test_body_over_max_body_is_413_also_when_gzip_inflates_past_it(
 ) -> None:
     fake = await fake_targets()
     relay = await relay_factory(config(fake), server="max_body: 64KiB")
-    url = f"http://127.0.0.1:{relay.public_port}/webhooks/statsig"
+    url = webhook_url(relay)
     big = orjson.dumps([{"eventName": "e", "metadata": {"pad": "x" * 70_000}}])
     status, payload, _ = await post(url, big, signed_headers("old-secret", big))
     assert status == 413 and "limit" in payload["error"]
@@ -165,14 +174,14 @@ async def test_one_malformed_event_is_skipped_and_reported_the_rest_delivered(
     events.insert(3, "not an object")
     events.insert(4, {"eventName": "bad_time", "timestamp": "yesterday"})
     body = orjson.dumps(events)
-    url = f"http://127.0.0.1:{relay.public_port}/webhooks/statsig"
+    url = webhook_url(relay)
     status, payload, _ = await post(url, body, signed_headers("old-secret", body))
     assert status == 200
     assert payload["accepted"] == 5 and payload["rejected"] == 3
     assert payload["errors"][0] == "event 2: missing eventName"
     assert "event 4: timestamp 'yesterday'" in payload["errors"][2]
     await fake.wait_for(lambda: len(fake.events()) == 5)
-    _, metrics = await get(f"http://127.0.0.1:{relay.admin_port}/metrics")
+    metrics = await metrics_text(relay)
     assert 'relay_events_rejected_total{reason="malformed_event",source="statsig"} 3.0' in metrics
 
 
@@ -183,7 +192,7 @@ async def test_gzip_is_refused_because_the_signature_covers_the_sent_bytes(
     relay = await relay_factory(config(fake))
     body = gzip.compress(fixture_bytes("statsig_export_batch.json"))
     headers = {**signed_headers("old-secret", body), "Content-Encoding": "gzip"}
-    url = f"http://127.0.0.1:{relay.public_port}/webhooks/statsig"
+    url = webhook_url(relay)
     status, payload, _ = await post(url, body, headers)
     assert status == 415 and "compressed" in payload["error"]
     assert fake.requests == []
@@ -194,7 +203,7 @@ async def test_unknown_path_is_404_and_wrong_method_405(
 ) -> None:
     fake = await fake_targets()
     relay = await relay_factory(config(fake))
-    status, payload, _ = await post(f"http://127.0.0.1:{relay.public_port}/nope", b"[]")
+    status, payload, _ = await post(public_url(relay, "/nope"), b"[]")
     assert status == 404 and "no source serves /nope" in payload["error"]
-    status, _ = await get(f"http://127.0.0.1:{relay.public_port}/webhooks/statsig")
+    status, _ = await get(webhook_url(relay))
     assert status == 405

@@ -66,8 +66,9 @@ def test_the_unit_file_verifies(tmp_path: Path) -> None:
     unit = unit.replace("/opt/statsig-relay/bin/statsig-relay", exe)
     path = tmp_path / "statsig-relay.service"
     path.write_text(unit)
-    result = subprocess.run([analyze, "verify", str(path)], capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        [analyze, "verify", str(path)], capture_output=True, text=True, timeout=60
+    )
     problems = [line for line in result.stderr.splitlines() if "statsig-relay.service" in line]
     assert result.returncode == 0 and not problems, result.stderr
     assert "Type=notify" in unit and "ExecStartPre=" in unit and "StateDirectory=" in unit

@@ -6,24 +6,15 @@ through, so the window holds across a restart of the relay."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
-from typing import Any
-
-import aiohttp
-import orjson
-import pytest
 
 from relay.app import Relay
-from relay.config import parse_config
 from relay.events import now_ms
+from tests.conftest import RelayFactory, metric, post_export, wait_delivered
 from tests.fakes import FakeTarget, poll_until
 
 
-def relay_yaml(tmp_path: Path, url: str, route: str) -> str:
+def config(url: str, route: str) -> str:
     return f"""
-server: {{listen: "127.0.0.1:0", admin_listen: "127.0.0.1:0", shutdown_grace: 2s}}
-spool: {{backend: sqlite, path: "{tmp_path}/spool.db", synchronous: normal}}
 sources:
   statsig: {{type: statsig_webhook}}
 targets:
@@ -33,45 +24,8 @@ routes:
 """
 
 
-@pytest.fixture
-async def start() -> AsyncIterator[Callable[[str], Any]]:
-    relays: list[Relay] = []
-
-    async def make(text: str) -> Relay:
-        relay = Relay(parse_config(text, {}))
-        await relay.start()
-        relays.append(relay)
-        return relay
-
-    yield make
-    for relay in relays:
-        if relay._runners:  # not stopped by the test itself
-            await relay.stop()
-
-
-async def post(relay: Relay, payload: Any) -> int:
-    url = f"http://127.0.0.1:{relay.public_port}/webhooks/statsig"
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(url, data=orjson.dumps(payload)) as response,
-    ):
-        await response.read()
-        return response.status
-
-
-def metric(relay: Relay, name: str, **labels: str) -> float:
-    return relay.metrics.registry.get_sample_value(name, labels) or 0.0
-
-
 def dropped(relay: Relay, reason: str) -> float:
     return metric(relay, "relay_events_dropped_total", route="exposures", reason=reason)
-
-
-async def delivered(relay: Relay, n: int) -> None:
-    await poll_until(
-        lambda: metric(relay, "relay_events_delivered_total", target="sink") >= n,
-        message=lambda: f"{metric(relay, 'relay_events_delivered_total', target='sink')} of {n}",
-    )
 
 
 _uuids = iter(range(1_000_000))
@@ -112,7 +66,7 @@ def seen(fake: FakeTarget) -> list[tuple[str, str, str]]:
 
 
 async def test_first_exposure_forwards_one_per_unit_and_name_also_within_a_batch(
-    tmp_path: Path, start
+    relay_factory: RelayFactory,
 ) -> None:
     first_batch = [
         exposure("alice", "new_nav"),
@@ -126,12 +80,14 @@ async def test_first_exposure_forwards_one_per_unit_and_name_also_within_a_batch
     ]
     second_batch = [exposure("alice", "new_nav"), exposure("carol", "new_nav")]
     async with FakeTarget() as fake:
-        relay = await start(relay_yaml(tmp_path, fake.url, ", first_exposure_only: true"))
-        await post(relay, first_batch)
+        relay = await relay_factory(
+            config(fake.url, ", first_exposure_only: true"), shutdown_grace="2s"
+        )
+        await post_export(relay, first_batch)
         assert dropped(relay, "first_exposure") == 3
-        await post(relay, second_batch)
+        await post_export(relay, second_batch)
         assert dropped(relay, "first_exposure") == 4
-        await delivered(relay, 6)
+        await wait_delivered(relay, "sink", 6)
     names = [e["eventName"] for e in fake.events()]
     assert names.count("purchase") == 1
     assert seen(fake) == [
@@ -143,7 +99,7 @@ async def test_first_exposure_forwards_one_per_unit_and_name_also_within_a_batch
     ]
 
 
-async def test_first_exposure_is_per_unit_id_named_by_unitID(tmp_path: Path, start) -> None:
+async def test_first_exposure_is_per_unit_id_named_by_unitID(relay_factory: RelayFactory) -> None:
     # One user on two devices, exposed by device (unitID stableID): both are first exposures.
     batch = [
         exposure("alice", "device_gate", stableID="device-1"),
@@ -151,9 +107,11 @@ async def test_first_exposure_is_per_unit_id_named_by_unitID(tmp_path: Path, sta
         exposure("alice", "device_gate", stableID="device-1"),
     ]
     async with FakeTarget() as fake:
-        relay = await start(relay_yaml(tmp_path, fake.url, ", first_exposure_only: true"))
-        await post(relay, batch)
-        await delivered(relay, 2)
+        relay = await relay_factory(
+            config(fake.url, ", first_exposure_only: true"), shutdown_grace="2s"
+        )
+        await post_export(relay, batch)
+        await wait_delivered(relay, "sink", 2)
     assert dropped(relay, "first_exposure") == 1
     assert seen(fake) == [
         ("device-1", "gate_exposure", "device_gate"),
@@ -161,48 +119,52 @@ async def test_first_exposure_is_per_unit_id_named_by_unitID(tmp_path: Path, sta
     ]
 
 
-async def test_after_the_window_an_exposure_is_forwarded_again(tmp_path: Path, start) -> None:
+async def test_after_the_window_an_exposure_is_forwarded_again(relay_factory: RelayFactory) -> None:
     async with FakeTarget() as fake:
-        relay = await start(
-            relay_yaml(tmp_path, fake.url, ", first_exposure_only: {window: 400ms}")
+        relay = await relay_factory(
+            config(fake.url, ", first_exposure_only: {window: 400ms}"), shutdown_grace="2s"
         )
-        await post(relay, [exposure("dave", "promo")])
+        await post_export(relay, [exposure("dave", "promo")])
         first_at = now_ms()
-        await post(relay, [exposure("dave", "promo")])  # inside the window
+        await post_export(relay, [exposure("dave", "promo")])  # inside the window
         assert dropped(relay, "first_exposure") == 1
         # Waiting for the clock, not for work: the window has to pass.
         await poll_until(lambda: now_ms() > first_at + 450, timeout=5)
-        await post(relay, [exposure("dave", "promo")])
+        await post_export(relay, [exposure("dave", "promo")])
         assert dropped(relay, "first_exposure") == 1
-        await delivered(relay, 2)
+        await wait_delivered(relay, "sink", 2)
     assert seen(fake) == [("dave", "gate_exposure", "promo")] * 2
 
 
-async def test_the_first_exposure_window_survives_a_restart(tmp_path: Path, start) -> None:
+async def test_the_first_exposure_window_survives_a_restart(relay_factory: RelayFactory) -> None:
     async with FakeTarget() as fake:
-        text = relay_yaml(tmp_path, fake.url, ", first_exposure_only: {window: 24h}")
-        before = await start(text)
-        await post(before, [exposure("erin", "beta")])
-        await delivered(before, 1)
+        text = config(fake.url, ", first_exposure_only: {window: 24h}")
+        before = await relay_factory(text, shutdown_grace="2s")
+        await post_export(before, [exposure("erin", "beta")])
+        await wait_delivered(before, "sink", 1)
         await before.stop()
 
-        after = await start(text)  # same spool file, a new Relay
-        await post(after, [exposure("erin", "beta"), exposure("frank", "beta")])
+        after = await relay_factory(text, shutdown_grace="2s")  # same spool file, a new Relay
+        await post_export(after, [exposure("erin", "beta"), exposure("frank", "beta")])
         assert dropped(after, "first_exposure") == 1
-        await delivered(after, 1)
+        await wait_delivered(after, "sink", 1)
     assert seen(fake) == [("erin", "gate_exposure", "beta"), ("frank", "gate_exposure", "beta")]
 
 
-async def test_concurrent_requests_forward_a_first_exposure_once(tmp_path: Path, start) -> None:
+async def test_concurrent_requests_forward_a_first_exposure_once(
+    relay_factory: RelayFactory,
+) -> None:
     async with FakeTarget() as fake:
-        relay = await start(relay_yaml(tmp_path, fake.url, ", first_exposure_only: true"))
+        relay = await relay_factory(
+            config(fake.url, ", first_exposure_only: true"), shutdown_grace="2s"
+        )
         statuses = await asyncio.gather(
-            *(post(relay, [exposure("gina", "race_gate")]) for _ in range(8))
+            *(post_export(relay, [exposure("gina", "race_gate")]) for _ in range(8))
         )
         assert statuses == [200] * 8
         assert dropped(relay, "first_exposure") == 7
-        await post(relay, [exposure("marker", "race_gate")])
-        await delivered(relay, 2)
+        await post_export(relay, [exposure("marker", "race_gate")])
+        await wait_delivered(relay, "sink", 2)
     assert seen(fake) == [
         ("gina", "gate_exposure", "race_gate"),
         ("marker", "gate_exposure", "race_gate"),
@@ -212,16 +174,16 @@ async def test_concurrent_requests_forward_a_first_exposure_once(tmp_path: Path,
 # -- dedup ---------------------------------------------------------------------------------------
 
 
-async def test_dedup_drops_a_redelivered_batch(tmp_path: Path, start) -> None:
+async def test_dedup_drops_a_redelivered_batch(relay_factory: RelayFactory) -> None:
     batch = [exposure(f"user{i}", "g", uuid=f"redelivered-{i}") for i in range(5)]
     async with FakeTarget() as fake:
-        relay = await start(relay_yaml(tmp_path, fake.url, ", dedup: {window: 1h}"))
-        await post(relay, batch)
-        await delivered(relay, 5)
-        await post(relay, batch)  # the same timeUUIDs again
+        relay = await relay_factory(config(fake.url, ", dedup: {window: 1h}"), shutdown_grace="2s")
+        await post_export(relay, batch)
+        await wait_delivered(relay, "sink", 5)
+        await post_export(relay, batch)  # the same timeUUIDs again
         assert dropped(relay, "dedup") == 5
-        await post(relay, [exposure("user0", "g", uuid="fresh")])  # same user, new event
-        await delivered(relay, 6)
+        await post_export(relay, [exposure("user0", "g", uuid="fresh")])  # same user, new event
+        await wait_delivered(relay, "sink", 6)
     assert [e["timeUUID"] for e in fake.events()] == [
         *(f"redelivered-{i}" for i in range(5)),
         "fresh",
@@ -229,17 +191,17 @@ async def test_dedup_drops_a_redelivered_batch(tmp_path: Path, start) -> None:
 
 
 async def test_dedup_also_drops_repeats_inside_one_batch_and_survives_a_restart(
-    tmp_path: Path, start
+    relay_factory: RelayFactory,
 ) -> None:
     async with FakeTarget() as fake:
-        text = relay_yaml(tmp_path, fake.url, ", dedup: true")
-        before = await start(text)
-        await post(before, [exposure("h", "g", uuid="dup"), exposure("h", "g", uuid="dup")])
+        text = config(fake.url, ", dedup: true")
+        before = await relay_factory(text, shutdown_grace="2s")
+        await post_export(before, [exposure("h", "g", uuid="dup"), exposure("h", "g", uuid="dup")])
         assert dropped(before, "dedup") == 1
-        await delivered(before, 1)
+        await wait_delivered(before, "sink", 1)
         await before.stop()
-        after = await start(text)
-        await post(after, [exposure("h", "g", uuid="dup"), exposure("h", "g", uuid="new")])
+        after = await relay_factory(text, shutdown_grace="2s")
+        await post_export(after, [exposure("h", "g", uuid="dup"), exposure("h", "g", uuid="new")])
         assert dropped(after, "dedup") == 1
-        await delivered(after, 1)
+        await wait_delivered(after, "sink", 1)
     assert [e["timeUUID"] for e in fake.events()] == ["dup", "new"]

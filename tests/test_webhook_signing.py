@@ -5,19 +5,14 @@ from __future__ import annotations
 
 import base64
 import os
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
-import aiohttp
-import orjson
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from relay.app import Relay
-from relay.config import parse_config
 from relay.schema import ConfigError
 from relay.targets.signing import SigningConfig
+from tests.conftest import RelayFactory, post_export
 from tests.fakes import FakeTarget, poll_until
 
 EVENTS = [
@@ -31,10 +26,8 @@ def new_secret(padded: bool = True) -> str:
     return "whsec_" + (encoded if padded else encoded.rstrip("="))
 
 
-def relay_yaml(tmp_path: Path, url: str, secret: str, fmt: str = "array") -> str:
+def config(url: str, secret: str, fmt: str = "array") -> str:
     return f"""
-server: {{listen: "127.0.0.1:0", admin_listen: "127.0.0.1:0", shutdown_grace: 2s}}
-spool: {{backend: sqlite, path: "{tmp_path}/spool.db", synchronous: normal}}
 sources:
   statsig: {{type: statsig_webhook}}
 targets:
@@ -49,43 +42,18 @@ routes:
 """
 
 
-@pytest.fixture
-async def start() -> AsyncIterator[Callable[[str], Any]]:
-    relays: list[Relay] = []
-
-    async def make(text: str) -> Relay:
-        relay = Relay(parse_config(text, {}))
-        await relay.start()
-        relays.append(relay)
-        return relay
-
-    yield make
-    for relay in relays:
-        await relay.stop()
-
-
-async def post(relay: Relay, payload: Any) -> int:
-    url = f"http://127.0.0.1:{relay.public_port}/webhooks/statsig"
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(url, data=orjson.dumps(payload)) as response,
-    ):
-        await response.read()
-        return response.status
-
-
 def standard_headers(headers: Any) -> dict[str, str]:
     return {k: headers[k] for k in ("webhook-id", "webhook-timestamp", "webhook-signature")}
 
 
 @pytest.mark.parametrize("fmt", ["array", "object", "ndjson"])
 async def test_delivered_request_verifies_with_the_standardwebhooks_library(
-    tmp_path: Path, start, fmt: str
+    relay_factory: RelayFactory, fmt: str
 ) -> None:
     secret = new_secret()
     async with FakeTarget() as fake:
-        relay = await start(relay_yaml(tmp_path, fake.url, secret, fmt))
-        assert await post(relay, EVENTS) == 200
+        relay = await relay_factory(config(fake.url, secret, fmt), shutdown_grace="2s")
+        assert await post_export(relay, EVENTS) == 200
         (req,) = await fake.wait_for_requests(1)
     verified = Webhook(secret).verify(req.body, standard_headers(req.headers), json_parse=False)
     assert verified is None  # no exception: the signature matches
@@ -95,11 +63,13 @@ async def test_delivered_request_verifies_with_the_standardwebhooks_library(
     assert req.headers["webhook-signature"].startswith("v1,")
 
 
-async def test_a_changed_body_or_another_secret_fails_verification(tmp_path: Path, start) -> None:
+async def test_a_changed_body_or_another_secret_fails_verification(
+    relay_factory: RelayFactory,
+) -> None:
     secret = new_secret()
     async with FakeTarget() as fake:
-        relay = await start(relay_yaml(tmp_path, fake.url, secret))
-        await post(relay, EVENTS)
+        relay = await relay_factory(config(fake.url, secret), shutdown_grace="2s")
+        await post_export(relay, EVENTS)
         (req,) = await fake.wait_for_requests(1)
     headers = standard_headers(req.headers)
     with pytest.raises(WebhookVerificationError):
@@ -108,23 +78,23 @@ async def test_a_changed_body_or_another_secret_fails_verification(tmp_path: Pat
         Webhook(new_secret()).verify(req.body, headers)
 
 
-async def test_unpadded_secret_is_accepted_as_the_library_does(tmp_path: Path, start) -> None:
+async def test_unpadded_secret_is_accepted_as_the_library_does(relay_factory: RelayFactory) -> None:
     secret = new_secret(padded=False)
     Webhook(secret)  # the reference library takes it
     async with FakeTarget() as fake:
-        relay = await start(relay_yaml(tmp_path, fake.url, secret))
-        await post(relay, EVENTS)
+        relay = await relay_factory(config(fake.url, secret), shutdown_grace="2s")
+        await post_export(relay, EVENTS)
         (req,) = await fake.wait_for_requests(1)
     assert Webhook(secret).verify(req.body, standard_headers(req.headers)) == EVENTS
 
 
-async def test_redelivery_keeps_the_message_id(tmp_path: Path, start) -> None:
+async def test_redelivery_keeps_the_message_id(relay_factory: RelayFactory) -> None:
     secret = new_secret()
     async with FakeTarget() as fake:
-        relay = await start(relay_yaml(tmp_path, fake.url, secret))
-        await post(relay, EVENTS)
+        relay = await relay_factory(config(fake.url, secret), shutdown_grace="2s")
+        await post_export(relay, EVENTS)
         await fake.wait_for_requests(1)
-        await post(relay, EVENTS)
+        await post_export(relay, EVENTS)
         first, second = await fake.wait_for_requests(2)
         await poll_until(lambda: len(fake.requests) == 2)
     assert first.headers["webhook-id"] == second.headers["webhook-id"]  # receivers dedup on it
