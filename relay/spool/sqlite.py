@@ -20,9 +20,9 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -78,10 +78,10 @@ CREATE TABLE IF NOT EXISTS state (
 ) WITHOUT ROWID;
 """
 
-_INSERT_ROW = (
-    "INSERT INTO queue (target, route, body, count, bytes, first_received, attempts,"
-    " next_attempt, last_error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_QUEUE_COLUMNS = (
+    "id, target, route, body, count, bytes, first_received, attempts, next_attempt, last_error"
 )
+_DEAD_COLUMNS = "target, route, body, count, bytes, first_received, attempts, dead_at, reason"
 _SELECT_META = (
     "SELECT id, target, route, count, bytes, first_received, attempts, next_attempt FROM queue"
 )
@@ -89,9 +89,22 @@ _SELECT_META = (
 # deliverer that keeps up never reads a body back; beyond it, claims read them from the file.
 _BODY_CACHE_BYTES = 16 * 1024**2
 _SYNC_SECONDS = 1.0  # how often a claim checks for rows added by another process
+_MAX_PARAMS = 30_000  # bound parameters per statement (SQLite allows 32766)
 
-_Write = Callable[[sqlite3.Connection], Any]
-_Apply = Callable[[Any], None]
+
+@dataclass(slots=True, eq=False)
+class _Write:
+    """One caller's share of a group commit; ``future`` resolves once it is committed."""
+
+    future: asyncio.Future[None]
+    rows: list[NewRow] = field(default_factory=list)  # to queue
+    cache: bool = False  # keep the bodies of ``rows`` for claims
+    keys: list[tuple[str, int]] = field(default_factory=list)  # dedup keys and expiry
+    delete: list[int] = field(default_factory=list)  # queue ids
+    retry: list[int] = field(default_factory=list)  # queue ids
+    next_attempt: int = 0  # of the ``retry`` ids
+    error: str = ""
+    dead: list[DeadRow] = field(default_factory=list)
 
 
 @dataclass(kw_only=True)
@@ -116,7 +129,7 @@ class SqliteSpool(Spool):
         self._db: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
         self._bytes = 0
-        self._pending: list[tuple[_Write, _Apply | None, asyncio.Future[Any]]] = []
+        self._pending: list[_Write] = []
         self._flusher: asyncio.Task[None] | None = None
         self._due = DueIndex()
         self._bodies: dict[int, bytes] = {}
@@ -189,22 +202,109 @@ class SqliteSpool(Spool):
             return
         if self.is_full():
             raise SpoolFull(f"spool is over its size limit of {self.config.max_size} bytes")
-        rows, keys = list(rows), list(state_keys)
+        await self._commit(_Write(self._future(), list(rows), True, list(state_keys)))
 
-        def write(db: sqlite3.Connection) -> list[int]:
-            ids = [db.execute(_INSERT_ROW, _row_values(r)).lastrowid or 0 for r in rows]
+    def _future(self) -> asyncio.Future[None]:
+        return asyncio.get_running_loop().create_future()
+
+    async def _commit(self, write: _Write) -> None:
+        """Have ``write`` committed with whatever else is pending (group commit)."""
+        self._pending.append(write)
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush_loop())
+        await write.future
+
+    async def _flush_loop(self) -> None:
+        """Commit everything pending in one transaction, repeat while more arrived meanwhile."""
+        try:
+            while self._pending:
+                group, self._pending = self._pending, []
+                try:
+                    ids = await self._run(self._write_group, group)
+                except Exception as exc:
+                    for write in group:
+                        if not write.future.done():
+                            write.future.set_exception(exc)
+                    continue
+                try:
+                    self._committed(group, ids)
+                except Exception:
+                    logger.exception("spool: updating the schedule after a commit failed")
+                for write in group:
+                    if not write.future.done():
+                        write.future.set_result(None)
+        finally:
+            self._flusher = None
+
+    def _write_group(self, group: list[_Write]) -> list[int]:
+        """One transaction for the whole group, a few statements whatever its size: each
+        statement costs this thread a round trip for the GIL, which is slow to get back while
+        the event loop is busy. Returns the ids given to the inserted rows, in order."""
+        db = self._conn
+        delete = [i for w in group for i in w.delete]
+        rows = [r for w in group for r in w.rows]
+        keys = [k for w in group for k in w.keys]
+        dead = [d for w in group for d in w.dead]
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for chunk in _chunks(delete, _MAX_PARAMS):
+                db.execute(f"DELETE FROM queue WHERE id IN ({_marks(len(chunk))})", chunk)
+            for w in group:
+                if w.retry:
+                    db.executemany(
+                        "UPDATE queue SET attempts = attempts + 1, next_attempt = ?,"
+                        " last_error = ? WHERE id = ?",
+                        [(w.next_attempt, w.error, i) for i in w.retry],
+                    )
+            ids: list[int] = []
+            if rows:
+                # Ids are given here (one past the largest, as SQLite would): a multi-row
+                # INSERT does not report them, and this transaction holds the write lock.
+                first = db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM queue").fetchone()[0]
+                ids = list(range(first, first + len(rows)))
+                params = [v for i, r in zip(ids, rows, strict=True) for v in _values(i, r)]
+                _insert_many(db, f"INSERT INTO queue ({_QUEUE_COLUMNS}) VALUES", 10, params)
+            if dead:
+                params = [v for d in dead for v in _dead_values(d)]
+                _insert_many(db, f"INSERT INTO dead ({_DEAD_COLUMNS}) VALUES", 9, params)
             if keys:
-                db.executemany(
-                    "INSERT INTO state (key, expires) VALUES (?, ?) ON CONFLICT(key)"
-                    " DO UPDATE SET expires = excluded.expires",
-                    keys,
+                _insert_many(
+                    db,
+                    "INSERT INTO state (key, expires) VALUES",
+                    2,
+                    [v for k in keys for v in k],
+                    " ON CONFLICT(key) DO UPDATE SET expires = excluded.expires",
                 )
-            return ids
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return ids
 
-        await self._commit(write, lambda ids: self._added(rows, ids, cache=True))
+    def _committed(self, group: list[_Write], ids: list[int]) -> None:
+        """Bring the schedule in line with a commit: removals first (SQLite may have given a
+        deleted id to a new row), then retries, then the new rows; wake the deliverers."""
+        for w in group:
+            if w.delete:
+                self._removed(w.delete)
+            self._bytes += sum(len(d.body) for d in w.dead)
+        woken: set[str] = set()
+        for w in group:
+            for row_id in w.retry:
+                self._due.retry(row_id, w.next_attempt)
+                row = self._due.rows.get(row_id)
+                if row is not None:
+                    woken.add(row.target)
+        start = 0
+        for w in group:
+            if w.rows:
+                self._added(w.rows, ids[start : start + len(w.rows)], w.cache)
+                start += len(w.rows)
+                woken.update(r.target for r in w.rows)
+        self._notify(woken)
 
     def _added(self, rows: list[NewRow], ids: list[int], cache: bool) -> None:
-        """Committed rows join the schedule (and their bodies the cache); wake deliverers."""
+        """Committed rows join the schedule (and their bodies the cache)."""
         for r, row_id in zip(rows, ids, strict=True):
             size = len(r.body)
             queued = QueuedRow(
@@ -223,7 +323,6 @@ class SqliteSpool(Spool):
             if cache and self._bodies_size + size <= _BODY_CACHE_BYTES:
                 self._bodies[row_id] = r.body
                 self._bodies_size += size
-        self._notify({r.target for r in rows})
 
     def _removed(self, ids: Iterable[int]) -> None:
         for row_id in ids:
@@ -233,52 +332,6 @@ class SqliteSpool(Spool):
             body = self._bodies.pop(row_id, None)
             if body is not None:
                 self._bodies_size -= len(body)
-
-    async def _commit(self, write: _Write, apply: _Apply | None = None) -> Any:
-        """Run ``write`` in the next group transaction; ``apply`` its result once committed.
-
-        ``apply`` runs in the flusher, not in the caller, so the in-memory schedule follows
-        the file even when the caller is cancelled while it waits.
-        """
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append((write, apply, future))
-        if self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush_loop())
-        return await future
-
-    async def _flush_loop(self) -> None:
-        """Commit everything pending in one transaction, repeat while more arrived meanwhile."""
-        try:
-            while self._pending:
-                group, self._pending = self._pending, []
-                try:
-                    results = await self._run(self._write_group, [w for w, _, _ in group])
-                except Exception as exc:
-                    for _, _, future in group:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                for (_, apply, future), result in zip(group, results, strict=True):
-                    if apply is not None:
-                        try:
-                            apply(result)
-                        except Exception:
-                            logger.exception("spool: updating the schedule after a commit failed")
-                    if not future.done():
-                        future.set_result(result)
-        finally:
-            self._flusher = None
-
-    def _write_group(self, writes: list[_Write]) -> list[Any]:
-        db = self._conn
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            results = [write(db) for write in writes]
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        return results
 
     async def seen_keys(self, keys: Sequence[str], now_ms: int) -> set[str]:
         if not keys:
@@ -374,59 +427,15 @@ class SqliteSpool(Spool):
 
     async def retry(self, rows: Sequence[SpoolRow], next_attempt_ms: int, error: str) -> None:
         ids = [int(r.id) for r in rows]
-        error = error[:500]
-
-        def write(db: sqlite3.Connection) -> None:
-            db.executemany(
-                "UPDATE queue SET attempts = attempts + 1, next_attempt = ?, last_error = ?"
-                " WHERE id = ?",
-                [(next_attempt_ms, error, i) for i in ids],
-            )
-
-        def apply(_: None) -> None:
-            for row_id in ids:
-                self._due.retry(row_id, next_attempt_ms)
-            self._notify({r.target for r in rows})
-
-        await self._commit(write, apply)
+        await self._commit(
+            _Write(self._future(), retry=ids, next_attempt=next_attempt_ms, error=error[:500])
+        )
 
     async def settle(
         self, rows: Sequence[SpoolRow], requeue: Sequence[NewRow], dead: Sequence[DeadRow]
     ) -> None:
         ids = [int(r.id) for r in rows]
-        requeue, dead = list(requeue), list(dead)
-
-        def write(db: sqlite3.Connection) -> list[int]:
-            db.executemany("DELETE FROM queue WHERE id = ?", [(i,) for i in ids])
-            new_ids = [db.execute(_INSERT_ROW, _row_values(r)).lastrowid or 0 for r in requeue]
-            if dead:
-                db.executemany(
-                    "INSERT INTO dead (target, route, body, count, bytes, first_received,"
-                    " attempts, dead_at, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (
-                            d.target,
-                            d.route,
-                            d.body,
-                            d.count,
-                            len(d.body),
-                            d.first_received_ms,
-                            d.attempts,
-                            d.dead_at_ms,
-                            d.reason,
-                        )
-                        for d in dead
-                    ],
-                )
-            return new_ids
-
-        def apply(new_ids: list[int]) -> None:
-            self._removed(ids)
-            self._bytes += sum(len(d.body) for d in dead)
-            if requeue:
-                self._added(requeue, new_ids, cache=False)
-
-        await self._commit(write, apply)
+        await self._commit(_Write(self._future(), list(requeue), delete=ids, dead=list(dead)))
 
     # -- observation and the dead-letter queue ---------------------------------------------
     async def stats(self) -> SpoolStats:
@@ -525,8 +534,9 @@ class SqliteSpool(Spool):
         return int(events), int(size)
 
 
-def _row_values(r: NewRow) -> tuple[Any, ...]:
+def _values(row_id: int, r: NewRow) -> tuple[Any, ...]:
     return (
+        row_id,
         r.target,
         r.route,
         r.body,
@@ -537,3 +547,38 @@ def _row_values(r: NewRow) -> tuple[Any, ...]:
         r.next_attempt_ms,
         r.last_error[:500],
     )
+
+
+def _dead_values(d: DeadRow) -> tuple[Any, ...]:
+    return (
+        d.target,
+        d.route,
+        d.body,
+        d.count,
+        len(d.body),
+        d.first_received_ms,
+        d.attempts,
+        d.dead_at_ms,
+        d.reason,
+    )
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _insert_many(
+    db: sqlite3.Connection, head: str, width: int, params: list[Any], tail: str = ""
+) -> None:
+    """``head`` + one ``(?, …)`` per ``width`` params (+ ``tail``), in as few statements as
+    the parameter limit allows."""
+    row = "(" + _marks(width) + ")"
+    per_statement = (_MAX_PARAMS // width) * width
+    for start in range(0, len(params), per_statement):
+        chunk = params[start : start + per_statement]
+        db.execute(f"{head} {','.join([row] * (len(chunk) // width))}{tail}", chunk)
