@@ -22,3 +22,13 @@ def test_a_batch_over_the_limits_splits_between_rows_without_parsing() -> None:
     assert all(len(p.json_array()) <= 2 * len(bodies[0]) - 1 for p in by_bytes)
     # One row alone over the limit: the events are split instead.
     assert [p.count for p in Batch(bodies, 15, counts=[3] * 5).chunks(2, BIG)] == [2] * 7 + [1]
+
+
+def test_json_array_splices_stored_arrays_and_skips_empty_ones() -> None:
+    one, two = orjson.dumps([{"a": 1}]), orjson.dumps([{"b": 2}, {"c": 3}])
+    assert Batch([one], 1).json_array() == one
+    assert orjson.loads(Batch([one, b"[]", two], 3).json_array()) == [{"a": 1}, {"b": 2}, {"c": 3}]
+    assert Batch([one, b"[]", two], 3).json_array() == b'[{"a":1},{"b":2},{"c":3}]'
+    assert Batch([b"[]", one], 1).json_array() == one
+    assert Batch([b"[]"], 0).json_array() == b"[]"
+    assert Batch([], 0).json_array() == b"[]"

@@ -147,10 +147,14 @@ class Batch:
     def json_array(self) -> bytes:
         if self._events is not None:
             return orjson.dumps(self._events)
-        if len(self._bodies) == 1:
-            return self._bodies[0]
-        inner = [body[1:-1] for body in self._bodies if len(body) > 2]
-        return b"[" + b",".join(inner) + b"]"
+        bodies = [body for body in self._bodies if len(body) > 2]  # skip empty arrays
+        if len(bodies) <= 1:
+            return bodies[0] if bodies else b"[]"
+        # One copy of ~all the bytes: the first array keeps its "[", the last its "]".
+        views = [memoryview(body)[1:-1] for body in bodies]
+        views[0] = memoryview(bodies[0])[:-1]
+        views[-1] = memoryview(bodies[-1])[1:]
+        return b",".join(views)
 
     def size(self) -> int:
         """Bytes of the stored JSON (an estimate once events were changed in memory)."""
