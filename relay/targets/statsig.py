@@ -33,6 +33,7 @@ import orjson
 
 from .. import __version__
 from ..events import Event, now_ms
+from ..mapping import string_value
 from ..schema import ByteSize, ConfigError
 from .base import (
     DELIVERED,
@@ -129,21 +130,6 @@ class Trimmed:
         ]
 
 
-def metadata_string(value: Any) -> str | None:
-    """A metadata value as Statsig wants it (a string), or None to leave the key out."""
-    if isinstance(value, str):
-        return value
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return str(int(value)) if value.is_integer() else repr(value)
-    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
-
-
 def fit_object(obj: dict[str, Any], limit: int, keep: frozenset[str] = frozenset()) -> bool:
     """Drop the largest entries of ``obj`` (in place) until it serialises within ``limit``.
 
@@ -213,7 +199,7 @@ class StatsigTarget(Target):
         value = event.get("value")
         if value is not None:
             if isinstance(value, bool) or not isinstance(value, int | float | str):
-                value = metadata_string(value)
+                value = string_value(value)
             if isinstance(value, str) and len(value) > max_str:
                 value = value[:max_str]
                 trimmed.value += 1
@@ -222,9 +208,8 @@ class StatsigTarget(Target):
         if isinstance(metadata, dict) and metadata:
             strings = {}
             for key, item in metadata.items():
-                text = metadata_string(item)
-                if text is not None:
-                    strings[str(key)] = text
+                if item is not None:  # a null says nothing: leave the key out
+                    strings[str(key)] = string_value(item)
             if fit_object(strings, cfg.max_object_length):
                 trimmed.metadata += 1
             out["metadata"] = strings
