@@ -87,7 +87,8 @@ _SELECT_META = (
 )
 # Bodies of rows enqueued by this process are kept until claimed, up to this many bytes: a
 # deliverer that keeps up never reads a body back; beyond it, claims read them from the file.
-_BODY_CACHE_BYTES = 16 * 1024**2
+# 8 MiB holds more than a 200 ms linger at 100k events/s; 16 MiB was no faster, only bigger.
+_BODY_CACHE_BYTES = 8 * 1024**2
 _SYNC_SECONDS = 1.0  # how often a claim checks for rows added by another process
 _MAX_PARAMS = 30_000  # bound parameters per statement (SQLite allows 32766)
 
