@@ -77,8 +77,10 @@ async def test_rows_replayed_by_another_process_are_claimed_by_the_running_spool
 
         await poll_until(replayed, timeout=5, interval=0.05)
         assert tags(found) == ["bad"] and found[0].attempts == 0
+        assert running._bytes == len(found[0].body)  # moved from the dead letters, not added
         await running.ack(found)
         assert (await running.stats()).queued == {}
+        assert running._bytes == 0
     finally:
         await running.close()
 

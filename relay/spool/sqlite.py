@@ -414,11 +414,13 @@ class SqliteSpool(Spool):
         return found
 
     async def _sync(self, force: bool = False) -> None:
-        """Take in rows another process added (``dlq replay``) since we last looked."""
+        """Take in rows another process added (``dlq replay``) since we last looked.
+
+        The byte count is left alone: a replay moves bytes from the dead letters to the queue,
+        and the periodic :meth:`stats` recounts both anyway."""
         self._synced_at = time.monotonic()
         for row in await self._run(self._external_rows, force):
             if self._due.add(QueuedRow(*row)):
-                self._bytes += row[4]
                 self._notify([row[1]])
 
     def _external_rows(self, force: bool) -> list[tuple[Any, ...]]:
