@@ -72,6 +72,8 @@ CREATE TABLE IF NOT EXISTS dead (
     reason TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS dead_target ON dead (target, id);
+-- The stats (every few seconds) read these; without it they walk every dead body.
+CREATE INDEX IF NOT EXISTS dead_meta ON dead (target, count, bytes, first_received);
 CREATE TABLE IF NOT EXISTS state (
     key TEXT PRIMARY KEY,
     expires INTEGER NOT NULL
