@@ -78,6 +78,8 @@ CREATE TABLE IF NOT EXISTS state (
     key TEXT PRIMARY KEY,
     expires INTEGER NOT NULL
 ) WITHOUT ROWID;
+-- Expiring dedup keys is a range delete, not a scan of a table that grows with traffic.
+CREATE INDEX IF NOT EXISTS state_expires ON state (expires);
 """
 
 _QUEUE_COLUMNS = (
