@@ -16,8 +16,55 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+W = TypeVar("W")
+
+
+class GroupCommit(Generic[W]):
+    """Concurrent writes share one commit: the cost of a commit (an fsync, a round trip) is
+    paid per group of callers, not per caller.
+
+    Each caller adds its write and waits; one task hands everything pending to ``write`` in one
+    call, and repeats while more arrived meanwhile. A failed commit fails every caller in it.
+    """
+
+    def __init__(self, write: Callable[[list[W]], Awaitable[None]]) -> None:
+        self._write = write
+        self._pending: list[tuple[W, asyncio.Future[None]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def submit(self, item: W) -> None:
+        """Return once ``item`` is committed (or raise why it was not)."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, future))
+        if self._task is None:
+            self._task = asyncio.create_task(self._run())
+        await future
+
+    async def idle(self) -> None:
+        """Wait for the commit under way, if any (before closing the store)."""
+        if self._task is not None:
+            await asyncio.shield(self._task)
+
+    async def _run(self) -> None:
+        try:
+            while self._pending:
+                group, self._pending = self._pending, []
+                try:
+                    await self._write([item for item, _ in group])
+                except Exception as exc:
+                    for _, future in group:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for _, future in group:
+                    if not future.done():
+                        future.set_result(None)
+        finally:
+            self._task = None
 
 
 class SpoolFull(Exception):

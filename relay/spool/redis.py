@@ -39,7 +39,6 @@ compute, so this needs one Redis server (with replicas/Sentinel if you like), no
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import Iterable, Sequence
@@ -49,9 +48,20 @@ from urllib.parse import urlsplit
 
 from ..events import now_ms
 from ..schema import ByteSize, ConfigError, Duration
-from .base import DeadRow, NewRow, Spool, SpoolFull, SpoolRow, SpoolStats, TargetDepth
+from .base import (
+    DeadRow,
+    GroupCommit,
+    NewRow,
+    Spool,
+    SpoolFull,
+    SpoolRow,
+    SpoolStats,
+    TargetDepth,
+)
 
 logger = logging.getLogger(__name__)
+
+_Enqueue = tuple[Sequence[NewRow], Sequence[tuple[str, int]]]  # one caller's rows and keys
 
 _CLAIM_SCAN = 500  # rows looked at per claim, as in the SQLite spool
 _DLQ_CHUNK = 1000  # dead rows replayed or purged per script call, so Redis never stalls long
@@ -359,9 +369,7 @@ class RedisSpool(Spool):
         self._client: Any = None
         self._scripts: dict[str, Any] = {}
         self._bytes = 0
-        self._pending: list[tuple[Sequence[NewRow], Sequence[tuple[str, int]]]] = []
-        self._pending_futures: list[asyncio.Future[None]] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._group_commit: GroupCommit[_Enqueue] = GroupCommit(self._write_group)
 
     # -- lifecycle -------------------------------------------------------------------------
     async def open(self) -> None:
@@ -409,8 +417,7 @@ class RedisSpool(Spool):
                 )
 
     async def close(self) -> None:
-        if self._flusher is not None:
-            await asyncio.shield(self._flusher)
+        await self._group_commit.idle()
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -431,36 +438,10 @@ class RedisSpool(Spool):
             return
         if self.is_full():
             raise SpoolFull(f"spool is over its size limit of {self.config.max_size} bytes")
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((rows, state_keys))
-        self._pending_futures.append(future)
-        if self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush_loop())
-        await future
+        await self._group_commit.submit((rows, state_keys))
 
-    async def _flush_loop(self) -> None:
-        """One script call for everything pending; repeat while more arrived meanwhile."""
-        try:
-            while self._pending:
-                batch, futures = self._pending, self._pending_futures
-                self._pending, self._pending_futures = [], []
-                try:
-                    await self._write_group(batch)
-                except Exception as exc:
-                    for future in futures:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                for future in futures:
-                    if not future.done():
-                        future.set_result(None)
-                self._notify({row.target for rows, _ in batch for row in rows})
-        finally:
-            self._flusher = None
-
-    async def _write_group(
-        self, batch: list[tuple[Sequence[NewRow], Sequence[tuple[str, int]]]]
-    ) -> None:
+    async def _write_group(self, batch: list[_Enqueue]) -> None:
+        """One script call for a group of concurrent enqueues (group commit)."""
         row_args: list[Any] = []
         key_args: list[Any] = []
         nrows = nkeys = 0
@@ -477,6 +458,7 @@ class RedisSpool(Spool):
         self._bytes = int(used)
         if not ok:
             raise SpoolFull(f"spool is over its size limit of {self.config.max_size} bytes")
+        self._notify({row.target for rows, _ in batch for row in rows})
 
     async def seen_keys(self, keys: Sequence[str], now_ms: int) -> set[str]:
         if not keys:

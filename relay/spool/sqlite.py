@@ -30,6 +30,7 @@ from ..events import now_ms
 from ..schema import ByteSize
 from .base import (
     DeadRow,
+    GroupCommit,
     NewRow,
     Spool,
     SpoolFull,
@@ -99,9 +100,8 @@ _MAX_PARAMS = 30_000  # bound parameters per statement (SQLite allows 32766)
 
 @dataclass(slots=True, eq=False)
 class _Write:
-    """One caller's share of a group commit; ``future`` resolves once it is committed."""
+    """One caller's share of a group commit."""
 
-    future: asyncio.Future[None]
     rows: list[NewRow] = field(default_factory=list)  # to queue
     cache: bool = False  # keep the bodies of ``rows`` for claims
     keys: list[tuple[str, int]] = field(default_factory=list)  # dedup keys and expiry
@@ -134,8 +134,7 @@ class SqliteSpool(Spool):
         self._db: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
         self._bytes = 0
-        self._pending: list[_Write] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._group_commit = GroupCommit(self._commit_group)
         self._due = DueIndex()
         self._bodies: dict[int, bytes] = {}
         self._bodies_size = 0
@@ -182,8 +181,7 @@ class SqliteSpool(Spool):
             self._due.add(QueuedRow(*row))
 
     async def close(self) -> None:
-        if self._flusher is not None:
-            await asyncio.shield(self._flusher)
+        await self._group_commit.idle()
         if self._db is not None:
             await self._run(self._db.close)
             self._db = None
@@ -212,39 +210,15 @@ class SqliteSpool(Spool):
             return
         if self.is_full():
             raise SpoolFull(f"spool is over its size limit of {self.config.max_size} bytes")
-        await self._commit(_Write(self._future(), list(rows), True, list(state_keys)))
+        await self._group_commit.submit(_Write(list(rows), True, list(state_keys)))
 
-    def _future(self) -> asyncio.Future[None]:
-        return asyncio.get_running_loop().create_future()
-
-    async def _commit(self, write: _Write) -> None:
-        """Have ``write`` committed with whatever else is pending (group commit)."""
-        self._pending.append(write)
-        if self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush_loop())
-        await write.future
-
-    async def _flush_loop(self) -> None:
-        """Commit everything pending in one transaction, repeat while more arrived meanwhile."""
+    async def _commit_group(self, group: list[_Write]) -> None:
+        """One transaction for the group (on the SQLite thread), then the in-memory schedule."""
+        ids = await self._run(self._write_group, group)
         try:
-            while self._pending:
-                group, self._pending = self._pending, []
-                try:
-                    ids = await self._run(self._write_group, group)
-                except Exception as exc:
-                    for write in group:
-                        if not write.future.done():
-                            write.future.set_exception(exc)
-                    continue
-                try:
-                    self._committed(group, ids)
-                except Exception:
-                    logger.exception("spool: updating the schedule after a commit failed")
-                for write in group:
-                    if not write.future.done():
-                        write.future.set_result(None)
-        finally:
-            self._flusher = None
+            self._committed(group, ids)
+        except Exception:
+            logger.exception("spool: updating the schedule after a commit failed")
 
     def _write_group(self, group: list[_Write]) -> list[int]:
         """One transaction for the whole group, a few statements whatever its size: each
@@ -439,15 +413,15 @@ class SqliteSpool(Spool):
 
     async def retry(self, rows: Sequence[SpoolRow], next_attempt_ms: int, error: str) -> None:
         ids = [int(r.id) for r in rows]
-        await self._commit(
-            _Write(self._future(), retry=ids, next_attempt=next_attempt_ms, error=error[:500])
+        await self._group_commit.submit(
+            _Write(retry=ids, next_attempt=next_attempt_ms, error=error[:500])
         )
 
     async def settle(
         self, rows: Sequence[SpoolRow], requeue: Sequence[NewRow], dead: Sequence[DeadRow]
     ) -> None:
         ids = [int(r.id) for r in rows]
-        await self._commit(_Write(self._future(), list(requeue), delete=ids, dead=list(dead)))
+        await self._group_commit.submit(_Write(list(requeue), delete=ids, dead=list(dead)))
 
     # -- observation and the dead-letter queue ---------------------------------------------
     async def stats(self) -> SpoolStats:
