@@ -100,7 +100,7 @@ class Relay:
 
     # -- assembling ------------------------------------------------------------------------
     def _pipeline(self, config: Config, targets: dict[str, Target]) -> Pipeline:
-        router = Router(compile_routes(config, targets), self.ledger, self.metrics)
+        router = Router(compile_routes(config, targets), self.metrics)
         sources = build_sources(config)
         ingest = Ingest(
             router,

@@ -3,7 +3,9 @@
 Order of work for one request: refuse early when the spool is full (503 + Retry-After); read
 the body within ``server.max_body`` (413; aiohttp inflates gzip within the same limit); let the
 source authenticate (401/403) and parse (400 with the reason; bad events are skipped and
-reported); route; commit to the spool; only then answer 2xx.
+reported); drop the source's duplicates; let the router select events per route; admit them by
+the routes' dedup / first-exposure keys (relay/state.py); build one row per route
+(relay/spool/rows.py); commit rows and keys to the spool; only then answer 2xx.
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ from collections.abc import Awaitable, Callable
 import orjson
 from aiohttp import web
 
-from .events import now_ms
+from .events import Event, now_ms
 from .metrics import RelayMetrics
 from .router import Router
 from .sources.base import Endpoint, Parsed, Source, SourceError
-from .spool.base import Spool, SpoolFull
-from .state import KeyLedger
+from .spool.base import NewRow, Spool, SpoolFull
+from .spool.rows import row_of_events
+from .state import KeyLedger, StateKey, route_keys
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +57,7 @@ class Ingest:
         self.metrics = metrics
         self.max_body = max_body
         self.retry_after = str(max(1, round(retry_after)))
+        self._routed = {r.name: metrics.events_routed.labels(r.name) for r in router.routes}
 
     def handler(self, source: Source, endpoint: Endpoint) -> Handler:
         m = self.metrics
@@ -106,13 +110,12 @@ class Ingest:
         events = parsed.events
         try:
             if parsed.dedup_keys and source.dedup_window:
-                state_keys = await self._drop_duplicates(source, parsed, received_ms)
+                await self._drop_duplicates(source, parsed, received_ms, state_keys)
                 events = parsed.events
             if events:
                 received_counter.inc(len(events))  # type: ignore[attr-defined]
-            routed = await self.router.route(source.name, events, received_ms)
-            state_keys += routed.state_keys
-            await self.spool.enqueue(routed.rows, state_keys)
+            rows = await self._route(source, events, received_ms, state_keys)
+            await self.spool.enqueue(rows, state_keys)
         except SpoolFull:
             rejected.labels(source.name, "spool_full").inc(len(events))
             return error_response(
@@ -132,29 +135,54 @@ class Ingest:
         return source.answer(parsed, len(events))
 
     async def _drop_duplicates(
-        self, source: Source, parsed: Parsed, now: int
-    ) -> list[tuple[str, int]]:
-        """Drop events whose source dedup key was seen; return the new keys to store."""
+        self, source: Source, parsed: Parsed, now: int, claimed: list[tuple[str, int]]
+    ) -> None:
+        """Drop events whose source dedup key was seen; claim the new keys into ``claimed``."""
         prefix = f"src:{source.name}:"
-        keys = [prefix + k if k else None for k in parsed.dedup_keys]
-        seen = await self.ledger.seen([k for k in keys if k], now)
-        # No await from here on: checking and claiming a key is atomic.
         expires = now + int((source.dedup_window or 0) * 1000)
-        kept, new_keys = [], []
-        for event, key in zip(parsed.events, keys, strict=True):
-            if key is not None:
-                if key in seen:
-                    continue
-                seen.add(key)
-                self.ledger.claim(key)
-                new_keys.append((key, expires))
-            kept.append(event)
-        dropped = len(parsed.events) - len(kept)
+        keys: list[list[StateKey]] = [
+            [(prefix + key, expires, "dedup")] if key else [] for key in parsed.dedup_keys
+        ]
+        admission = await self.ledger.admit(keys, now, claimed)
+        events = parsed.events
+        dropped = len(events) - len(admission.kept)
         if dropped:
             self.metrics.events_dropped.labels(f"source:{source.name}", "dedup").inc(dropped)
-        parsed.events = kept
+            parsed.events = [events[i] for i in admission.kept]
         parsed.dedup_keys = []
-        return new_keys
+
+    async def _route(
+        self, source: Source, events: list[Event], now: int, claimed: list[tuple[str, int]]
+    ) -> list[NewRow]:
+        """One row per route that keeps any of ``events``; the routes' new state keys are
+        claimed into ``claimed``."""
+        rows: list[NewRow] = []
+        names = [event["eventName"] for event in events]
+        for route, picked in self.router.select(source.name, names, events.__getitem__):
+            if route.stateful:
+                admission = await self.ledger.admit(
+                    [
+                        route_keys(
+                            route.name,
+                            route.dedup_window,
+                            route.first_exposure_window,
+                            events[i],
+                            now,
+                        )
+                        for i in picked
+                    ],
+                    now,
+                    claimed,
+                )
+                for reason, count in admission.dropped.items():
+                    self.metrics.events_dropped.labels(route.name, reason).inc(count)
+                picked = [picked[i] for i in admission.kept]
+                if not picked:
+                    continue
+            selected = [route.renamed(events[i]) for i in picked]
+            rows.append(row_of_events(route.target, route.name, selected, now))
+            self._routed[route.name].inc(len(selected))
+        return rows
 
     async def _read_body(self, request: web.Request, source: Source) -> bytes:
         if request.content_length is not None and request.content_length > self.max_body:

@@ -9,13 +9,12 @@ plain functions over dicts (no per-event objects) because they run once per even
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
 
 from .events import Event, get_path, to_epoch_ms
-from .router import RenameConfig, compile_renamer
 from .schema import ConfigError
 
 # Top-level fields of a Statsig user that hold one string, and those that hold a map.
@@ -25,21 +24,6 @@ USER_STRING_FIELDS = frozenset(
 USER_MAP_FIELDS = frozenset({"custom", "customIDs", "privateAttributes"})
 
 Path = tuple[str, ...]
-# A source's ``rename:`` takes the same forms as a route's: a preset name, {preset, map,
-# snake_case}, or a plain map of old → new names.
-RenameSetting = str | RenameConfig | dict[str, str] | None
-
-
-def compile_rename(setting: RenameSetting) -> Callable[[str], str] | None:
-    """The renamer of a source-level ``rename:``; raises ConfigError('rename', ...) if bad."""
-    if isinstance(setting, str):
-        try:
-            setting = RenameConfig(preset=setting)
-        except ConfigError as exc:
-            raise ConfigError("rename", exc.message) from None
-    elif isinstance(setting, dict):
-        setting = RenameConfig(map=setting)
-    return compile_renamer(setting)
 
 
 def split_path(dotted: str) -> Path:
@@ -199,9 +183,7 @@ def has_user_id(event: Event) -> bool:
 __all__ = [
     "USER_MAP_FIELDS",
     "USER_STRING_FIELDS",
-    "RenameSetting",
     "apply_user_mapping",
-    "compile_rename",
     "compile_user_mapping",
     "has_user_id",
     "id_string",

@@ -1,53 +1,24 @@
-"""Routes: which events go to which target, compiled once at load.
+"""Routes: which events go to which target, compiled once at load. Selection, nothing else.
 
-Evaluating a route on an event is a few dict and set look-ups: the category is computed once
+Evaluating a route on an event is a few dict and set look-ups: the verdict is computed once
 per event name (cached), glob patterns are compiled into one regex per route, ``where``
-conditions into sets of accepted values. The router's output is one spool row per route with
-matching events, plus the dedup / first-exposure keys to store in the same commit.
+conditions into sets of accepted values. What happens to the selection (dedup and
+first-exposure keys: relay/state.py; spool rows: relay/spool/rows.py) is the caller's
+(relay/ingest.py); the rename rules live in relay/rename.py.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
-from .events import (
-    CATEGORIES,
-    EXPOSURE_CATEGORIES,
-    Event,
-    category_of,
-    exposure_metadata,
-    get_path,
-    unit_id,
-)
+from .events import CATEGORIES, Event, category_of, get_path
 from .metrics import RelayMetrics
+from .rename import RenameConfig, RenameSetting, compile_renamer, rename_config
 from .schema import ConfigError, Duration
-from .spool.base import NewRow
-from .state import KeyLedger
-
-# Event-name presets (API-FACTS.md, the Datafly mapping). Names not listed pass unchanged.
-RENAME_PRESETS: dict[str, dict[str, str]] = {
-    "default": {
-        "page": "page_view",
-        "Signed Up": "sign_up",
-        "Logged In": "login",
-        "Products Searched": "search",
-    },
-    "retail": {
-        "page": "page_view",
-        "Products Searched": "search",
-        "Product Viewed": "view_item",
-        "Product Added": "add_to_cart",
-        "Checkout Started": "begin_checkout",
-        "Order Completed": "purchase",
-    },
-}
 
 _CATEGORY_CACHE_LIMIT = 10_000
 
@@ -74,19 +45,6 @@ class FilterConfig:
 
 
 @dataclass(kw_only=True)
-class RenameConfig:
-    preset: str | None = None  # default | retail
-    map: dict[str, str] = field(default_factory=dict)  # wins over the preset
-    snake_case: bool = False  # names neither map nor preset knows become snake_case
-
-    def __post_init__(self) -> None:
-        if self.preset is not None and self.preset not in RENAME_PRESETS:
-            raise ConfigError(
-                "preset", f"unknown preset {self.preset!r}; one of {', '.join(RENAME_PRESETS)}"
-            )
-
-
-@dataclass(kw_only=True)
 class WindowConfig:
     window: Duration = Duration(86400.0)
 
@@ -97,22 +55,12 @@ class RouteConfig:
     sources: list[str] = field(metadata={"key": "from"})
     to: str
     filter: FilterConfig = field(default_factory=FilterConfig)
-    rename: str | RenameConfig | dict[str, str] | None = None
+    rename: RenameSetting = None
     first_exposure_only: bool | WindowConfig = False
     dedup: bool | WindowConfig = False  # by timeUUID
 
     def rename_config(self) -> RenameConfig | None:
-        if self.rename is None:
-            return None
-        if isinstance(self.rename, str):
-            if self.rename not in RENAME_PRESETS:
-                raise ConfigError(
-                    "rename", f"unknown preset {self.rename!r}; one of {', '.join(RENAME_PRESETS)}"
-                )
-            return RenameConfig(preset=self.rename)
-        if isinstance(self.rename, dict):
-            return RenameConfig(map=self.rename)
-        return self.rename
+        return rename_config(self.rename)
 
 
 def window_of(setting: bool | WindowConfig) -> float | None:
@@ -121,38 +69,6 @@ def window_of(setting: bool | WindowConfig) -> float | None:
     if isinstance(setting, WindowConfig):
         return setting.window
     return None
-
-
-_SNAKE_1 = re.compile(r"(.)([A-Z][a-z]+)")
-_SNAKE_2 = re.compile(r"([a-z0-9])([A-Z])")
-_NON_WORD = re.compile(r"[^0-9a-zA-Z]+")
-
-
-def snake_case(name: str) -> str:
-    """``Order Completed`` → ``order_completed``; ``productViewed`` → ``product_viewed``."""
-    name = _SNAKE_2.sub(r"\1_\2", _SNAKE_1.sub(r"\1_\2", name))
-    return _NON_WORD.sub("_", name).strip("_").lower()
-
-
-def compile_renamer(config: RenameConfig | None) -> Callable[[str], str] | None:
-    """A function old name → new name, or None when the route renames nothing."""
-    if config is None:
-        return None
-    table = dict(RENAME_PRESETS.get(config.preset or "", {}))
-    table.update(config.map)
-    if config.snake_case:
-        cache: dict[str, str] = {}
-
-        def rename(name: str) -> str:
-            new = cache.get(name)
-            if new is None:
-                new = table.get(name) or snake_case(name)
-                if len(cache) < _CATEGORY_CACHE_LIMIT:
-                    cache[name] = new
-            return new
-
-        return rename
-    return lambda name: table.get(name, name)
 
 
 def _glob_regex(patterns: Sequence[str]) -> re.Pattern[str] | None:
@@ -216,157 +132,88 @@ class CompiledRoute:
         self._name_verdicts[event_name] = verdict
         return verdict
 
-    def select(self, events: Sequence[Event]) -> tuple[list[Event], int, int]:
-        """Events this route takes, and counts of those filtered / unsupported by the target."""
-        selected: list[Event] = []
+    def pick(
+        self, names: Sequence[str], event_at: Callable[[int], Event]
+    ) -> tuple[list[int], int, int]:
+        """Indices of the events this route takes, and counts of those filtered / unsupported
+        by the target. ``names`` holds every event's name; ``event_at(i)`` the whole event,
+        asked for only when a ``where`` condition has to look inside it."""
+        picked: list[int] = []
         filtered = unsupported = 0
         verdict_of = self._name_verdict
         where = self._where
-        for event in events:
-            verdict = verdict_of(event["eventName"])
+        for index, name in enumerate(names):
+            verdict = verdict_of(name)
             if verdict is None and where:
+                event = event_at(index)
                 for path, accepted in where:
                     value = get_path(event, path)
                     if value is None or _normalise(value) not in accepted:
                         verdict = "filtered"
                         break
             if verdict is None:
-                selected.append(event)
+                picked.append(index)
             elif verdict == "filtered":
                 filtered += 1
             else:
                 unsupported += 1
+        return picked, filtered, unsupported
+
+    def renamed(self, event: Event) -> Event:
+        """``event`` as this route sends it: a renamed copy (other routes keep the original)."""
         if self._rename is not None:
-            rename = self._rename
-            for i, event in enumerate(selected):
-                new = rename(event["eventName"])
-                if new != event["eventName"]:
-                    selected[i] = {**event, "eventName": new}  # other routes keep the original
-        return selected, filtered, unsupported
+            new = self._rename(event["eventName"])
+            if new != event["eventName"]:
+                return {**event, "eventName": new}
+        return event
 
-    def state_keys(self, event: Event) -> list[tuple[str, float, str]]:
-        """(key, window seconds, drop reason) for the stateful transforms of this route."""
-        keys: list[tuple[str, float, str]] = []
-        if self.dedup_window is not None:
-            time_uuid = event.get("timeUUID")
-            if time_uuid:
-                keys.append(
-                    (_state_key("dedup", self.name, str(time_uuid)), self.dedup_window, "dedup")
-                )
-        if self.first_exposure_window is not None:
-            category = category_of(event["eventName"])
-            if category in EXPOSURE_CATEGORIES:
-                meta = exposure_metadata(event)
-                subject = meta.get("gate") or meta.get("config") or ""
-                unit = unit_id(event) or ""
-                keys.append(
-                    (
-                        _state_key("first", self.name, f"{category}\0{subject}\0{unit}"),
-                        self.first_exposure_window,
-                        "first_exposure",
-                    )
-                )
-        return keys
+    @property
+    def renames(self) -> bool:
+        return self._rename is not None
 
+    @property
+    def stateful(self) -> bool:
+        """Whether events pass only once per key (dedup, first exposure)."""
+        return self.dedup_window is not None or self.first_exposure_window is not None
 
-def _state_key(kind: str, route: str, value: str) -> str:
-    digest = hashlib.blake2b(f"{route}\0{value}".encode(), digest_size=16).hexdigest()
-    return f"{kind}:{digest}"
-
-
-@dataclass(slots=True)
-class Routed:
-    """What ingest commits for one request."""
-
-    rows: list[NewRow]
-    state_keys: list[tuple[str, int]]
-    routed: int
+    def select(self, events: Sequence[Event]) -> tuple[list[Event], int, int]:
+        """Events this route takes (renamed), and counts of those filtered / unsupported."""
+        picked, filtered, unsupported = self.pick(
+            [event["eventName"] for event in events], events.__getitem__
+        )
+        return [self.renamed(events[i]) for i in picked], filtered, unsupported
 
 
 class Router:
-    """All routes, indexed by source, with their metric children bound once."""
+    """All routes, indexed by source, with their selection metrics bound once."""
 
-    def __init__(
-        self, routes: Sequence[CompiledRoute], ledger: KeyLedger, metrics: RelayMetrics
-    ) -> None:
+    def __init__(self, routes: Sequence[CompiledRoute], metrics: RelayMetrics) -> None:
         self.routes = list(routes)
-        self._ledger = ledger
         self._by_source: dict[str, list[CompiledRoute]] = {}
         for route in self.routes:
             for source in route.sources:
                 self._by_source.setdefault(source, []).append(route)
-        self._routed = {r.name: metrics.events_routed.labels(r.name) for r in self.routes}
         self._filtered = {r.name: metrics.events_filtered.labels(r.name) for r in self.routes}
-        self._metrics = metrics
+        self._unsupported = {
+            r.name: metrics.events_dropped.labels(r.name, "unsupported_by_target")
+            for r in self.routes
+        }
 
     def routes_for(self, source: str) -> list[CompiledRoute]:
         return self._by_source.get(source, [])
 
-    async def route(self, source: str, events: Sequence[Event], received_ms: int) -> Routed:
-        """Rows and state keys for one request; release the keys in the ledger once they are
-        committed (or the commit failed)."""
-        rows: list[NewRow] = []
-        new_keys: list[tuple[str, int]] = []
-        try:
-            return await self._route(source, events, received_ms, rows, new_keys)
-        except BaseException:
-            self._ledger.release(new_keys)
-            raise
-
-    async def _route(
-        self,
-        source: str,
-        events: Sequence[Event],
-        received_ms: int,
-        rows: list[NewRow],
-        new_keys: list[tuple[str, int]],
-    ) -> Routed:
-        routed = 0
+    def select(
+        self, source: str, names: Sequence[str], event_at: Callable[[int], Event]
+    ) -> list[tuple[CompiledRoute, list[int]]]:
+        """Per route of ``source`` that takes any, the indices of the events it takes; the
+        events it filtered or its target refuses are counted here."""
+        selections: list[tuple[CompiledRoute, list[int]]] = []
         for route in self._by_source.get(source, ()):
-            selected, filtered, unsupported = route.select(events)
+            picked, filtered, unsupported = route.pick(names, event_at)
             if filtered:
                 self._filtered[route.name].inc(filtered)
             if unsupported:
-                self._metrics.events_dropped.labels(route.name, "unsupported_by_target").inc(
-                    unsupported
-                )
-            if selected and (
-                route.dedup_window is not None or route.first_exposure_window is not None
-            ):
-                selected = await self._drop_seen(route, selected, received_ms, new_keys)
-            if not selected:
-                continue
-            rows.append(
-                NewRow(route.target, route.name, orjson.dumps(selected), len(selected), received_ms)
-            )
-            self._routed[route.name].inc(len(selected))
-            routed += len(selected)
-        return Routed(rows, new_keys, routed)
-
-    async def _drop_seen(
-        self,
-        route: CompiledRoute,
-        events: list[Event],
-        now_ms: int,
-        new_keys: list[tuple[str, int]],
-    ) -> list[Event]:
-        """Drop events whose dedup / first-exposure key is stored or repeats in this batch."""
-        per_event = [route.state_keys(event) for event in events]
-        ledger = self._ledger
-        seen = await ledger.seen([key for keys in per_event for key, _, _ in keys], now_ms)
-        # No await from here on: checking and claiming a key is atomic.
-        kept: list[Event] = []
-        drops: dict[str, int] = {}
-        for event, keys in zip(events, per_event, strict=True):
-            reason = next((why for key, _, why in keys if key in seen), None)
-            if reason is not None:
-                drops[reason] = drops.get(reason, 0) + 1
-                continue
-            for key, window, _ in keys:
-                seen.add(key)
-                ledger.claim(key)
-                new_keys.append((key, now_ms + int(window * 1000)))
-            kept.append(event)
-        for reason, count in drops.items():
-            self._metrics.events_dropped.labels(route.name, reason).inc(count)
-        return kept
+                self._unsupported[route.name].inc(unsupported)
+            if picked:
+                selections.append((route, picked))
+        return selections

@@ -1,17 +1,78 @@
-"""Dedup and first-exposure keys as one process sees them: stored plus pending commit.
+"""Dedup and first-exposure keys: how they are made, and the one step that admits events by them.
 
 The keys themselves live in the spool (``seen_keys`` / ``enqueue(rows, state_keys)``) so they
 survive restarts and are committed with the events they let through. Concurrent requests read
 the spool before any of them commits, so a key that another request has let through but not yet
 committed must count as seen too: that is the pending set. One ledger per process, kept across
-config reloads; callers check and claim with no ``await`` in between.
+config reloads. :meth:`KeyLedger.admit` is the only place that checks and claims keys (no
+``await`` between the two); the caller releases what it claimed once the commit is done.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
+from .events import EXPOSURE_CATEGORIES, Event, category_of, exposure_metadata, unit_id
 from .spool.base import Spool
+
+# (key, expiry in epoch ms, why an event holding a key already seen is dropped)
+StateKey = tuple[str, int, str]
+
+
+def state_key(kind: str, scope: str, value: str) -> str:
+    """A fixed-size stored key for ``value`` within ``scope`` (a route's name)."""
+    digest = hashlib.blake2b(f"{scope}\0{value}".encode(), digest_size=16).hexdigest()
+    return f"{kind}:{digest}"
+
+
+def route_keys(
+    route: str,
+    dedup_window: float | None,
+    first_exposure_window: float | None,
+    event: Event,
+    now_ms: int,
+) -> list[StateKey]:
+    """The keys a route's ``dedup`` (by timeUUID) and ``first_exposure_only`` give ``event``.
+
+    ``event`` needs only eventName, timeUUID and the exposure and unit fields (``metadata``,
+    ``statsigMetadata``, ``user``, ``userID``, ``unitID``).
+    """
+    keys: list[StateKey] = []
+    if dedup_window is not None:
+        time_uuid = event.get("timeUUID")
+        if time_uuid:
+            keys.append(
+                (
+                    state_key("dedup", route, str(time_uuid)),
+                    now_ms + int(dedup_window * 1000),
+                    "dedup",
+                )
+            )
+    if first_exposure_window is not None:
+        category = category_of(event["eventName"])
+        if category in EXPOSURE_CATEGORIES:
+            meta = exposure_metadata(event)
+            subject = meta.get("gate") or meta.get("config") or ""
+            unit = unit_id(event) or ""
+            keys.append(
+                (
+                    state_key("first", route, f"{category}\0{subject}\0{unit}"),
+                    now_ms + int(first_exposure_window * 1000),
+                    "first_exposure",
+                )
+            )
+    return keys
+
+
+@dataclass(slots=True)
+class Admission:
+    """Which items passed, and how many were dropped for each reason."""
+
+    kept: list[int] = field(default_factory=list)  # indices into the items, in order
+    dropped: dict[str, int] = field(default_factory=dict)
 
 
 class KeyLedger:
@@ -29,10 +90,37 @@ class KeyLedger:
             seen.update(key for key in keys if key in pending)
         return seen
 
-    def claim(self, key: str) -> None:
-        """This request lets ``key`` through; others treat it as seen until released."""
-        self._pending.add(key)
+    async def admit(
+        self,
+        keys: Sequence[Sequence[StateKey]],
+        now_ms: int,
+        claimed: list[tuple[str, int]],
+    ) -> Admission:
+        """Admit items by their keys (one list per item): an item passes when none of its keys
+        is stored, pending or held by an earlier item of the same call.
 
-    def release(self, keys: Iterable[tuple[str, int]]) -> None:
+        The keys of items that pass are claimed and appended to ``claimed`` as (key, expiry):
+        the caller stores them in the commit carrying the items, then :meth:`release`\\ s them,
+        also when the commit fails.
+        """
+        admission = Admission()
+        seen = await self.seen([key for item in keys for key, _, _ in item], now_ms)
+        # No await from here on: checking and claiming a key is atomic.
+        pending = self._pending
+        kept = admission.kept
+        dropped = admission.dropped
+        for index, item in enumerate(keys):
+            reason = next((why for key, _, why in item if key in seen), None)
+            if reason is not None:
+                dropped[reason] = dropped.get(reason, 0) + 1
+                continue
+            for key, expires, _ in item:
+                seen.add(key)
+                pending.add(key)
+                claimed.append((key, expires))
+            kept.append(index)
+        return admission
+
+    def release(self, keys: Iterable[tuple[str, Any]]) -> None:
         """The commit carrying these (key, expiry) pairs finished or failed."""
         self._pending.difference_update(key for key, _ in keys)

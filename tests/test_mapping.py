@@ -10,13 +10,13 @@ from relay.config import parse_config
 from relay.events import to_epoch_ms
 from relay.mapping import (
     apply_user_mapping,
-    compile_rename,
     compile_user_mapping,
     has_user_id,
     numeric_value,
     skew_corrected_ms,
     string_map,
 )
+from relay.rename import compile_rename
 from relay.router import CompiledRoute
 from relay.schema import ConfigError, build
 from relay.sources.segment import SegmentConfig, SegmentSource

@@ -8,7 +8,8 @@ import orjson
 import pytest
 
 from relay.events import category_of
-from relay.router import CompiledRoute, RouteConfig, snake_case
+from relay.rename import snake_case
+from relay.router import CompiledRoute, RouteConfig
 from relay.schema import build
 from relay.sources.statsig_webhook import normalise_export
 from tests.conftest import fixture_json

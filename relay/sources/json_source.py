@@ -27,9 +27,7 @@ from aiohttp import web
 
 from ..events import Event, get_path, to_epoch_ms
 from ..mapping import (
-    RenameSetting,
     apply_user_mapping,
-    compile_rename,
     compile_user_mapping,
     has_user_id,
     id_string,
@@ -38,6 +36,7 @@ from ..mapping import (
     string_map,
     string_value,
 )
+from ..rename import RenameSetting, compile_rename
 from ..schema import ConfigError, Duration
 from .base import Endpoint, Parsed, Source, SourceConfig, SourceError, key_matches, load_json
 

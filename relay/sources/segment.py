@@ -25,9 +25,7 @@ from aiohttp import web
 
 from ..events import Event, to_epoch_ms
 from ..mapping import (
-    RenameSetting,
     apply_user_mapping,
-    compile_rename,
     compile_user_mapping,
     has_user_id,
     id_string,
@@ -35,6 +33,7 @@ from ..mapping import (
     skew_corrected_ms,
     string_map,
 )
+from ..rename import RenameSetting, compile_rename
 from ..schema import ByteSize, ConfigError, Duration
 from .base import Endpoint, Parsed, Source, SourceConfig, SourceError, key_matches, load_json
 
