@@ -1,10 +1,12 @@
 """Wiring and lifecycle: the one place where the daemon is put together.
 
 ``Relay`` owns the spool, the targets and their deliverers, the sources behind the public
-listener, and the admin listener (/metrics, /healthz, /readyz). Start-up order: spool → targets
-→ deliverers → admin → public listener (so nothing is acknowledged before it can be stored).
-Shutdown is the reverse and bounded: stop accepting, finish in-flight requests, let in-flight
-sends finish within the grace period, leave the rest in the spool.
+listener, and the admin listener (``admin.py``). Start-up order: spool → targets → background
+tasks → deliverers → admin → public listener (so nothing is acknowledged before it can be
+stored). Every step pushes its own close onto one ``AsyncExitStack`` (aiohttp's
+``cleanup_ctx`` idea), so shutdown, and a start-up that fails half-way (a port taken), close
+exactly what was opened, in reverse order. Shutdown is bounded: stop accepting, finish in-flight
+requests, let in-flight sends finish within the grace period, leave the rest in the spool.
 """
 
 from __future__ import annotations
@@ -18,11 +20,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import systemd
+from .admin import create_admin_app
 from .config import Config, load_config, split_host_port
 from .deliver import Deliverer
 from .events import now_ms
@@ -91,10 +92,8 @@ class Relay:
         self.deliverers: dict[str, Deliverer] = {}
         self.pipeline: Pipeline | None = None
         self.ingest: Ingest | None = None
-        self._runners: list[web.AppRunner] = []
-        self._background: list[asyncio.Task[None]] = []
+        self._stack: contextlib.AsyncExitStack | None = None  # set while started
         self._stop = asyncio.Event()
-        self._started = False
         self.public_port: int | None = None
         self.admin_port: int | None = None
 
@@ -133,25 +132,18 @@ class Relay:
         return await handler(request)
 
     # -- lifecycle -------------------------------------------------------------------------
+    @property
+    def started(self) -> bool:
+        return self._stack is not None
+
     async def start(self) -> None:
+        """Open everything; if a step fails, close what was opened (in reverse) and raise."""
+        if self._stack is not None:
+            raise RuntimeError("relay already started")
+        async with contextlib.AsyncExitStack() as stack:
+            await self._open(stack)
+            self._stack = stack.pop_all()  # success: stop() closes it
         cfg = self.config
-        await self.spool.open()
-        self.metrics.spool_limit_bytes.set(getattr(cfg.spool, "max_size", 0))
-        self.targets = build_targets(cfg)
-        for target in self.targets.values():
-            await target.open()
-        self.pipeline = self._pipeline(cfg, self.targets)
-        for target in self.targets.values():
-            self._start_deliverer(target)
-        self._background = [
-            asyncio.create_task(self._refresh_stats(), name="spool-stats"),
-            asyncio.create_task(self._expire_state(), name="state-expiry"),
-        ]
-        self.admin_port = await self._listen(self._admin_app(), cfg.server.admin_listen)
-        public = web.Application(client_max_size=cfg.server.max_body)
-        public.router.add_route("*", "/{tail:.*}", self._dispatch)
-        self.public_port = await self._listen(public, cfg.server.listen)
-        self._started = True
         logger.info(
             "statsig-relay listening on %s (admin %s); %d sources, %d routes, %d targets",
             cfg.server.listen,
@@ -161,35 +153,64 @@ class Relay:
             len(cfg.targets),
         )
 
+    async def _open(self, stack: contextlib.AsyncExitStack) -> None:
+        """Start-up steps; each pushes its close right after it has something to close."""
+        cfg = self.config
+        await self.spool.open()
+        stack.push_async_callback(self.spool.close)
+        self.metrics.spool_limit_bytes.set(getattr(cfg.spool, "max_size", 0))
+        stack.push_async_callback(self._close_targets)  # those in self.targets at that time
+        for name, target in build_targets(cfg).items():
+            await target.open()
+            self.targets[name] = target
+        self.pipeline = self._pipeline(cfg, self.targets)
+        background = [
+            asyncio.create_task(self._refresh_stats(), name="spool-stats"),
+            asyncio.create_task(self._expire_state(), name="state-expiry"),
+        ]
+        stack.push_async_callback(_cancel, background)
+        stack.push_async_callback(self._stop_deliverers)  # those running at that time
+        for target in self.targets.values():
+            self._start_deliverer(target)
+        self.admin_port = await self._listen(stack, create_admin_app(self), cfg.server.admin_listen)
+        public = web.Application(client_max_size=cfg.server.max_body)
+        public.router.add_route("*", "/{tail:.*}", self._dispatch)
+        self.public_port = await self._listen(stack, public, cfg.server.listen)
+
     def _start_deliverer(self, target: Target) -> None:
         deliverer = Deliverer(target, self.spool, self.metrics)
         self.deliverers[target.name] = deliverer
         deliverer.start()
 
-    async def _listen(self, app: web.Application, address: str) -> int:
+    async def _stop_deliverers(self) -> None:
+        deliverers, self.deliverers = self.deliverers, {}
+        grace = self.config.server.shutdown_grace
+        await asyncio.gather(*(d.stop(grace) for d in deliverers.values()))
+
+    async def _close_targets(self) -> None:
+        targets, self.targets = self.targets, {}
+        for target in targets.values():
+            await target.close()
+
+    async def _listen(
+        self, stack: contextlib.AsyncExitStack, app: web.Application, address: str
+    ) -> int:
         host, port = split_host_port(address)
         runner = web.AppRunner(
             app, access_log=None, shutdown_timeout=self.config.server.shutdown_grace
         )
         await runner.setup()
+        # Cleanup stops accepting, then lets requests in flight finish (shutdown_timeout).
+        stack.push_async_callback(runner.cleanup)
         site = web.TCPSite(runner, host, port, reuse_address=True)
         await site.start()
-        self._runners.append(runner)
         return int(runner.addresses[0][1])  # the bound port, also when port 0 was asked for
 
     async def stop(self) -> None:
-        """Bounded, ordered drain; see the module docstring."""
-        grace = self.config.server.shutdown_grace
-        for runner in reversed(self._runners):  # public first: stop accepting, finish requests
-            await runner.cleanup()
-        self._runners = []
-        await asyncio.gather(*(d.stop(grace) for d in self.deliverers.values()))
-        for task in self._background:
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
-        for target in self.targets.values():
-            await target.close()
-        await self.spool.close()
+        """Bounded, ordered drain (see the module docstring); a no-op when not started."""
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()
 
     async def reload(self, path: str) -> bool:
         """Apply a changed config without dropping anything; a bad file keeps the old one."""
@@ -304,7 +325,7 @@ class Relay:
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         problems: list[str] = []
-        if not self._started:
+        if not self.started:
             problems.append("starting")
         if self.spool.is_full():
             problems.append("spool is full")
@@ -323,30 +344,8 @@ class Relay:
                 problems.append(f"target {name}: {health.reason}")
         return not problems, {"ready": not problems, "problems": problems, "targets": targets}
 
-    def _admin_app(self) -> web.Application:
-        app = web.Application()
 
-        async def metrics(_: web.Request) -> web.Response:
-            body = generate_latest(self.metrics.registry)
-            return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-        async def healthz(_: web.Request) -> web.Response:
-            ok = self.is_healthy()
-            return web.Response(
-                status=200 if ok else 503,
-                body=orjson.dumps({"alive": ok}),
-                content_type="application/json",
-            )
-
-        async def readyz(_: web.Request) -> web.Response:
-            ok, detail = self.readiness()
-            return web.Response(
-                status=200 if ok else 503,
-                body=orjson.dumps(detail),
-                content_type="application/json",
-            )
-
-        app.router.add_get("/metrics", metrics)
-        app.router.add_get("/healthz", healthz)
-        app.router.add_get("/readyz", readyz)
-        return app
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
