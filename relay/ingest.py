@@ -17,12 +17,13 @@ from collections.abc import Awaitable, Callable
 import orjson
 from aiohttp import web
 
-from .events import Event, now_ms
+from .events import now_ms
 from .metrics import RelayMetrics
+from .raw import RawEvents
 from .router import Router
 from .sources.base import Endpoint, Parsed, Source, SourceError
 from .spool.base import NewRow, Spool, SpoolFull
-from .spool.rows import row_of_events
+from .spool.rows import build_row
 from .state import KeyLedger, StateKey, route_keys
 
 logger = logging.getLogger(__name__)
@@ -87,7 +88,9 @@ class Ingest:
             body = await self._read_body(request, source)
             source.authenticate(request, endpoint, body)
             received_ms = now_ms()
-            parsed = source.parse(request, endpoint, body, received_ms)
+            parsed = source.parse_raw(request, endpoint, body, received_ms) or source.parse(
+                request, endpoint, body, received_ms
+            )
         except SourceError as exc:
             rejected.labels(source.name, exc.metric_reason).inc()
             if exc.status in (401, 403):
@@ -107,11 +110,11 @@ class Ingest:
         if parsed.without_user:
             self.metrics.events_without_user.labels(source.name).inc(parsed.without_user)
         state_keys: list[tuple[str, int]] = []
-        events = parsed.events
+        events = parsed.raw if parsed.raw is not None else RawEvents.of_dicts(parsed.events)
         try:
             if parsed.dedup_keys and source.dedup_window:
                 await self._drop_duplicates(source, parsed, received_ms, state_keys)
-                events = parsed.events
+                events = RawEvents.of_dicts(parsed.events)
             if events:
                 received_counter.inc(len(events))  # type: ignore[attr-defined]
             rows = await self._route(source, events, received_ms, state_keys)
@@ -152,13 +155,12 @@ class Ingest:
         parsed.dedup_keys = []
 
     async def _route(
-        self, source: Source, events: list[Event], now: int, claimed: list[tuple[str, int]]
+        self, source: Source, events: RawEvents, now: int, claimed: list[tuple[str, int]]
     ) -> list[NewRow]:
         """One row per route that keeps any of ``events``; the routes' new state keys are
         claimed into ``claimed``."""
         rows: list[NewRow] = []
-        names = [event["eventName"] for event in events]
-        for route, picked in self.router.select(source.name, names, events.__getitem__):
+        for route, picked in self.router.select(source.name, events.names, events.event):
             if route.stateful:
                 admission = await self.ledger.admit(
                     [
@@ -166,7 +168,7 @@ class Ingest:
                             route.name,
                             route.dedup_window,
                             route.first_exposure_window,
-                            events[i],
+                            events.key_fields(i),
                             now,
                         )
                         for i in picked
@@ -179,9 +181,9 @@ class Ingest:
                 picked = [picked[i] for i in admission.kept]
                 if not picked:
                     continue
-            selected = [route.renamed(events[i]) for i in picked]
-            rows.append(row_of_events(route.target, route.name, selected, now))
-            self._routed[route.name].inc(len(selected))
+            new_name = route.new_name if route.renames else None
+            rows.append(build_row(route.target, route.name, events, picked, now, new_name))
+            self._routed[route.name].inc(len(picked))
         return rows
 
     async def _read_body(self, request: web.Request, source: Source) -> bytes:

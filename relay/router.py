@@ -159,13 +159,17 @@ class CompiledRoute:
                 unsupported += 1
         return picked, filtered, unsupported
 
+    def new_name(self, name: str) -> str | None:
+        """The name this route gives an event called ``name``; None when it keeps it."""
+        if self._rename is None:
+            return None
+        new = self._rename(name)
+        return new if new != name else None
+
     def renamed(self, event: Event) -> Event:
         """``event`` as this route sends it: a renamed copy (other routes keep the original)."""
-        if self._rename is not None:
-            new = self._rename(event["eventName"])
-            if new != event["eventName"]:
-                return {**event, "eventName": new}
-        return event
+        new = self.new_name(event["eventName"])
+        return event if new is None else {**event, "eventName": new}
 
     @property
     def renames(self) -> bool:

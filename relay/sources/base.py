@@ -18,6 +18,7 @@ import orjson
 from aiohttp import web
 
 from ..events import Event
+from ..raw import RawEvents
 
 
 @dataclass(kw_only=True)
@@ -45,6 +46,8 @@ class Parsed:
     """The result of parsing one request."""
 
     events: list[Event] = field(default_factory=list)
+    # The raw path (relay/raw.py): set instead of ``events`` by a source's parse_raw.
+    raw: RawEvents | None = None
     errors: list[str] = field(default_factory=list)  # "event 3: reason", at most a few kept
     error_count: int = 0
     reply: web.StreamResponse | None = None  # answer at once, spool nothing (e.g. handshakes)
@@ -98,6 +101,13 @@ class Source(ABC):
         self, request: web.Request, endpoint: Endpoint, body: bytes, received_ms: int
     ) -> Parsed:
         """Parse and normalise; raise SourceError(400) only when nothing in it is usable."""
+
+    def parse_raw(
+        self, request: web.Request, endpoint: Endpoint, body: bytes, received_ms: int
+    ) -> Parsed | None:
+        """The raw path (relay/raw.py): events kept as their JSON bytes, in ``Parsed.raw``.
+        None: this body (or this source) takes :meth:`parse`, the dict path."""
+        return None
 
     def answer(self, parsed: Parsed, accepted: int) -> web.Response:
         """The success answer; override to look like the service the sender expects."""

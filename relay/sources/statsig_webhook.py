@@ -19,6 +19,7 @@ import orjson
 from aiohttp import web
 
 from ..events import EXPOSURE_CATEGORIES, EXPOSURE_KEYS, Event, category_of, to_epoch_ms
+from ..raw import decode_exports
 from ..schema import ConfigError, Duration
 from .base import Endpoint, Parsed, Source, SourceConfig, SourceError, load_json
 
@@ -43,6 +44,9 @@ class StatsigWebhookConfig(SourceConfig):
     tolerance: Duration = Duration(300.0)  # accepted clock difference of the signature time
     # With no secret configured, unsigned requests are accepted (and a warning is logged).
     require_signature: bool | None = None
+    # Keep events that need no normalisation as their JSON bytes (relay/raw.py); false decodes
+    # every event into a dict (the reference path; same output, more CPU).
+    forward_raw: bool = True
 
     def __post_init__(self) -> None:
         if not self.path.startswith("/"):
@@ -109,6 +113,20 @@ class StatsigWebhookSource(Source):
             valid |= hmac.compare_digest(presented, sign(secret, timestamp, body).encode())
         if not valid:
             raise SourceError(401, "signature does not match", "bad_signature")
+
+    def parse_raw(
+        self, request: web.Request, endpoint: Endpoint, body: bytes, received_ms: int
+    ) -> Parsed | None:
+        """Exports on the raw path; anything else (the handshake, a body the raw decoder
+        doubts) takes :meth:`parse`."""
+        if not self.config.forward_raw:
+            return None
+        parsed = Parsed()
+        raw = decode_exports(body, lambda item: normalise_export(item, received_ms), parsed.reject)
+        if raw is None:
+            return None
+        parsed.raw = raw
+        return parsed
 
     def parse(
         self, request: web.Request, endpoint: Endpoint, body: bytes, received_ms: int

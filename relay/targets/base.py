@@ -18,6 +18,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, ClassVar
 
 import aiohttp
+import msgspec
 import orjson
 
 from ..events import Event
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
     from ..metrics import RelayMetrics
 
 logger = logging.getLogger(__name__)
+
+_ROW_ITEMS = msgspec.json.Decoder(list[msgspec.Raw])  # a stored row's events, not parsed
 
 
 @dataclass(kw_only=True)
@@ -113,8 +116,9 @@ def classify_response(status: int, headers: Mapping[str, str], body: str = "") -
 class Batch:
     """Events for one request, kept as the spool's JSON arrays until someone needs dicts.
 
-    A target that forwards events unchanged sends :meth:`json_array`, spliced from the stored
-    bytes without parsing; one that re-encodes calls :meth:`events` (parsed once, cached).
+    A target that forwards events unchanged sends :meth:`json_array` or :meth:`json_lines`,
+    spliced from the stored bytes without parsing; one that re-encodes calls :meth:`events`
+    (parsed once, cached).
     """
 
     __slots__ = ("_bodies", "_counts", "_events", "count")
@@ -155,6 +159,15 @@ class Batch:
         views[0] = memoryview(bodies[0])[:-1]
         views[-1] = memoryview(bodies[-1])[1:]
         return b",".join(views)
+
+    def json_lines(self) -> bytes:
+        """The events one per line (no trailing newline), spliced from the stored arrays:
+        rows hold no line breaks outside strings (relay/spool/rows.py)."""
+        if self._events is not None:
+            return b"\n".join([orjson.dumps(event) for event in self._events])
+        return b"\n".join(
+            [b"\n".join(_ROW_ITEMS.decode(body)) for body in self._bodies if len(body) > 2]
+        )
 
     def size(self) -> int:
         """Bytes of the stored JSON (an estimate once events were changed in memory)."""

@@ -8,8 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import orjson
-
 from .base import DELIVERED, Batch, Outcome, Target, TargetConfig, Verdict
 
 
@@ -35,7 +33,7 @@ class FileTarget(Target):
         return None
 
     async def send(self, batch: Batch) -> Outcome:
-        data = b"".join(orjson.dumps(event) + b"\n" for event in batch.events())
+        data = batch.json_lines() + b"\n" if batch.count else b""
         async with self._lock:
             try:
                 await asyncio.to_thread(self._append, data)

@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-import orjson
-
 from .base import Batch, Outcome, Target, TargetConfig, json_headers, redact_url
 from .signing import SigningConfig, signature_headers
 
@@ -27,8 +25,7 @@ def encode_events(batch: Batch, fmt: str) -> tuple[bytes, str]:
         return batch.json_array(), "application/json"
     if fmt == "object":
         return b'{"events":' + batch.json_array() + b"}", "application/json"
-    lines = b"\n".join(orjson.dumps(event) for event in batch.events())
-    return lines + b"\n", "application/x-ndjson"
+    return batch.json_lines() + b"\n", "application/x-ndjson"
 
 
 class WebhookTarget(Target):

@@ -1,0 +1,199 @@
+"""The raw path: one request's events kept as their original JSON bytes until someone needs more.
+
+Most Statsig export events are only filtered and forwarded, so building a dict per event (and
+freeing it) was over half of the event loop's time. A source that can (the Statsig webhook)
+decodes its body as ``list[msgspec.Raw]`` — each event's bytes, not parsed — plus, per event, a
+small typed view (``eventName``, ``timestamp``, the exposure keys). An event whose view shows it
+needs no normalisation stays as its bytes and is spliced into the spool row as is; every other
+event takes the dict path (the source's own normalisation, then ``orjson.dumps``), alone, so the
+row is what the dict path would have written (same events, order and values).
+
+:class:`RawEvents` is what ingest routes for every source: dict sources wrap their events with
+:meth:`RawEvents.of_dicts`. Per event it holds either the bytes or the dict; anything that needs
+a field outside the view (a route's ``where``, a renamed event, dedup keys) decodes that event
+once, on demand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+import orjson
+
+from .events import EXPOSURE_CATEGORIES, Event, category_of
+
+# Timestamps the raw path keeps as they are: epoch ms in 2000-01-01 .. 2100-01-01. Anything
+# else (seconds, µs, strings, out of range) goes to the dict path to be normalised or refused.
+MIN_MS = 946_684_800_000
+MAX_MS = 4_102_444_800_000
+# An event that may nest deeper than this goes to the dict path, which applies the encoder's
+# nesting limit (orjson: 254). Nesting n deep takes 2n bytes, so only events longer than
+# 2 * DEPTH_BOUND bytes have their brackets counted; Statsig events nest about three deep.
+DEPTH_BOUND = 200
+
+_EXPOSURE_NAMES = frozenset(
+    name
+    for name in (f"statsig::{category}" for category in EXPOSURE_CATEGORIES)
+    if category_of(name) in EXPOSURE_CATEGORIES
+)
+
+
+class _Exposure(msgspec.Struct, gc=False):
+    gate: Any = msgspec.UNSET
+    config: Any = msgspec.UNSET
+    gateValue: Any = msgspec.UNSET
+
+
+class _View(msgspec.Struct, gc=False):
+    """The fields that decide whether an export event can stay as its bytes."""
+
+    eventName: str = ""
+    timestamp: int = -1
+    metadata: _Exposure | None = None
+
+
+class _KeyView(msgspec.Struct, gc=False):
+    """The fields dedup and first-exposure keys read (relay/state.py ``route_keys``)."""
+
+    eventName: str = ""
+    timeUUID: Any = None
+    userID: Any = None
+    unitID: Any = None
+    user: Any = None
+    metadata: Any = None
+    statsigMetadata: Any = None
+
+
+class _Wrapped(msgspec.Struct, gc=False):
+    data: list[msgspec.Raw]
+
+
+_BODY = msgspec.json.Decoder(list[msgspec.Raw] | _Wrapped)
+_VIEW = msgspec.json.Decoder(_View)
+_KEYS = msgspec.json.Decoder(_KeyView)
+_DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, RecursionError)
+
+
+class RawEvents:
+    """One request's events: per event its JSON bytes or its dict, and its name."""
+
+    __slots__ = ("dicts", "names", "raws")
+
+    def __init__(self, raws: list[Any], dicts: list[Event | None], names: list[str]) -> None:
+        # Each event's JSON as received (bytes or msgspec.Raw, a view of the request body);
+        # None: the event is a dict (below).
+        self.raws = raws
+        self.dicts = dicts  # the event as a dict: built by the source, or decoded on demand
+        self.names = names
+
+    @classmethod
+    def of_dicts(cls, events: list[Event]) -> RawEvents:
+        """Events a source built as dicts (every source but the Statsig webhook)."""
+        return cls([None] * len(events), list(events), [e["eventName"] for e in events])
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def event(self, index: int) -> Event:
+        """The event as a dict, decoded on first use."""
+        event = self.dicts[index]
+        if event is None:
+            event = self.dicts[index] = orjson.loads(memoryview(self.raws[index]))
+        return event
+
+    def key_fields(self, index: int) -> Event:
+        """The fields dedup / first-exposure keys read, without decoding the whole event."""
+        event = self.dicts[index]
+        if event is not None:
+            return event
+        view = _KEYS.decode(self.raws[index])
+        return {f: getattr(view, f) for f in view.__struct_fields__}
+
+    def json(self, index: int, new_name: Callable[[str], str | None] | None = None) -> bytes:
+        """The event's JSON for a spool row: its own bytes unless it is a dict or renamed
+        (``new_name(name)``: the route's new name, None when it keeps the name)."""
+        if new_name is not None:
+            new = new_name(self.names[index])
+            if new is not None:
+                return orjson.dumps({**self.event(index), "eventName": new})
+        raw = self.raws[index]
+        return raw if raw is not None else orjson.dumps(self.dicts[index])
+
+
+def decode_exports(
+    body: bytes, normalise: Callable[[Any], str | None], reject: Callable[[int, str], None]
+) -> RawEvents | None:
+    """Statsig export events of a body (an array or ``{"data": [...]}``), kept as bytes where
+    they can be.
+
+    Events that need normalising are decoded and given to ``normalise`` (in place; it returns
+    why an event is unusable, then ``reject(index, reason)`` is called). Returns None when the
+    body must take the dict path whole: not a bare array, not plain ASCII or valid UTF-8, or
+    anything the raw decoder doubts (so errors read exactly as the dict path's).
+    """
+    if not body.isascii():
+        try:
+            body.decode()
+        except UnicodeDecodeError:
+            return None
+    try:
+        document = _BODY.decode(body)
+    except _DECODE_ERRORS:
+        return None
+    items = document.data if isinstance(document, _Wrapped) else document
+    raws: list[Any] = []
+    dicts: list[Event | None] = []
+    names: list[str] = []
+    exposures = _EXPOSURE_NAMES
+    # Rows hold no line breaks outside strings (line formats split them); JSON strings cannot
+    # hold one, so an event with a break in its bytes is re-encoded.
+    breaks = b"\n" in body or b"\r" in body
+    for index, raw in enumerate(items):
+        try:
+            view = _VIEW.decode(raw)
+        except _DECODE_ERRORS:
+            view = None
+        if view is not None and _as_is(view, exposures) and _compact(raw, breaks):
+            raws.append(raw)
+            dicts.append(None)
+            names.append(view.eventName)
+            continue
+        try:
+            item = orjson.loads(memoryview(raw))
+        except orjson.JSONDecodeError:
+            return None
+        problem = normalise(item)
+        if problem is None:
+            raws.append(None)
+            dicts.append(item)
+            names.append(item["eventName"])
+        else:
+            reject(index, problem)
+    return RawEvents(raws, dicts, names)
+
+
+def _as_is(view: _View, exposures: frozenset[str]) -> bool:
+    """Whether the source's normalisation would leave the event as it is (the same test as
+    the dict path's shortcut in relay/sources/statsig_webhook.py) and its time is in range."""
+    if not view.eventName or not MIN_MS <= view.timestamp <= MAX_MS:
+        return False
+    if view.eventName not in exposures:
+        return True
+    meta = view.metadata
+    return (
+        meta is not None
+        and (meta.gate is not msgspec.UNSET or meta.config is not msgspec.UNSET)
+        and type(meta.gateValue) is not bool
+    )
+
+
+def _compact(raw: msgspec.Raw, breaks: bool) -> bool:
+    """No line break, and not possibly nested deeper than DEPTH_BOUND."""
+    if len(raw) <= 2 * DEPTH_BOUND and not breaks:
+        return True
+    data = bytes(raw)
+    return data.count(b"{") + data.count(b"[") <= DEPTH_BOUND and not (
+        breaks and (b"\n" in data or b"\r" in data)
+    )
