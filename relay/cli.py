@@ -9,13 +9,18 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 
 from . import __version__
-from .config import Config, load_config
+from .config import Config, SpoolSection, load_config, load_spool_section
 from .logs import setup_logging
 from .schema import ConfigError
+
+if TYPE_CHECKING:
+    from .dlq import DeadFilter, Selected
+    from .spool import Spool
 
 DEFAULT_CONFIG = os.environ.get("RELAY_CONFIG", "config.yaml")
 
@@ -31,12 +36,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     check = commands.add_parser("check", help="validate a config and print its routing table")
     check.add_argument("-c", "--config", default=DEFAULT_CONFIG)
 
-    dlq = commands.add_parser("dlq", help="inspect, replay or purge dead-lettered events")
-    dlq.add_argument("action", choices=["list", "show", "replay", "purge"])
+    dlq = commands.add_parser(
+        "dlq", help="inspect, export, replay or purge dead-lettered events (reads only `spool:`)"
+    )
+    dlq.add_argument("action", choices=["list", "show", "export", "replay", "purge"])
     dlq.add_argument("-c", "--config", default=DEFAULT_CONFIG)
     dlq.add_argument("--target", help="only this target's dead letters")
     dlq.add_argument("--id", action="append", default=[], help="only these rows (repeatable)")
-    dlq.add_argument("--limit", type=int, default=50)
+    dlq.add_argument("--event", metavar="GLOB", help="only events whose eventName matches")
+    dlq.add_argument("--reason", help="only rows whose reason matches (glob or prefix)")
+    dlq.add_argument("--route", help="only rows of this route")
+    dlq.add_argument("--since", metavar="TIME", help="dead-lettered since (2026-12-01T10:00Z, 2h)")
+    dlq.add_argument("--until", metavar="TIME", help="dead-lettered before")
+    dlq.add_argument("--limit", type=int, default=50, help="rows shown by list/show")
+    dlq.add_argument("--all", action="store_true", help="purge: every dead letter")
+    dlq.add_argument("--rate", type=float, help="replay: at most N events/s (paced per row)")
+    dlq.add_argument("-o", "--output", default="-", help="export: JSON lines file (- = stdout)")
 
     send = commands.add_parser("send", help="POST a JSON file to a relay source (for testing)")
     send.add_argument("url", help="e.g. http://127.0.0.1:8080/webhooks/statsig")
@@ -52,6 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "send":
             return _send(args)
+        if args.command == "dlq":
+            return asyncio.run(_dlq(load_spool_section(args.config), args))
         config = load_config(args.config)
     except ConfigError as exc:
         print(f"statsig-relay: config error: {exc}", file=sys.stderr)
@@ -59,8 +76,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check":
         print(routing_table(config))
         return 0
-    if args.command == "dlq":
-        return asyncio.run(_dlq(config, args))
     return _run(config, args.config)
 
 
@@ -102,6 +117,7 @@ def routing_table(config: Config) -> str:
         lines.append(f"  {name} ({source.kind}): {source.describe()}")
         lines.extend(f"    warning: {w}" for w in source.warnings())
     lines += ["", "targets:"]
+    fed = {route.to for route in config.routes}
     for name, target in targets.items():
         c = target.config
         lines.append(
@@ -109,6 +125,8 @@ def routing_table(config: Config) -> str:
             f"linger {c.linger:g}s, {c.concurrency} in flight, "
             f"≤{c.max_attempts} attempts"
         )
+        if name not in fed:
+            lines.append("    warning: no route feeds this target; it only drains what is spooled")
     lines += ["", "routes:"]
     for route in config.routes:
         flt = route.filter
@@ -134,39 +152,98 @@ def routing_table(config: Config) -> str:
     return "\n".join(lines)
 
 
-async def _dlq(config: Config, args: argparse.Namespace) -> int:
+async def _dlq(section: SpoolSection, args: argparse.Namespace) -> int:
+    from . import dlq
     from .spool import create_spool
+    from .spool.sqlite import SqliteSpoolConfig
 
-    spool = create_spool(config.spool, lock=False)
-    await spool.open()
+    cfg = section.spool
+    if isinstance(cfg, SqliteSpoolConfig) and not Path(cfg.path).is_file():
+        print(
+            f"statsig-relay: spool file {cfg.path} does not exist (relative paths are from the"
+            " current directory; is this the daemon's config?)",
+            file=sys.stderr,
+        )
+        return 1
     try:
-        if args.action in ("list", "show"):
-            rows = await spool.dead_rows(args.target, args.limit)
-            if args.id:
-                rows = [r for r in rows if str(r.id) in args.id]
-            if not rows:
-                print(
-                    "the dead-letter queue is empty"
-                    if not args.target
-                    else f"no dead letters for {args.target}"
-                )
-            for row in rows:
-                dead_at = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(row.dead_at_ms / 1000))
-                print(
-                    f"{row.id}\t{row.target}\t{row.route}\t{row.count} events\t"
-                    f"attempts {row.attempts}\t{dead_at}Z\t{row.reason}"
-                )
-                if args.action == "show":
-                    for event in orjson.loads(row.body):
-                        print("    " + orjson.dumps(event).decode())
-        elif args.action == "replay":
-            moved = await spool.replay_dead(args.target, args.id)
-            print(f"replayed {moved} events to the queue; the running relay delivers them")
-        else:
-            deleted = await spool.purge_dead(args.target, args.id)
-            print(f"purged {deleted} events")
+        flt = dlq.DeadFilter(
+            target=args.target,
+            ids=tuple(args.id),
+            event=args.event,
+            reason=args.reason,
+            route=args.route,
+            since_ms=dlq.parse_time(args.since) if args.since else None,
+            until_ms=dlq.parse_time(args.until) if args.until else None,
+        )
+        if args.action == "purge" and not flt.narrows and not args.all:
+            raise dlq.DlqError(
+                "purge deletes for good: name --id, --target or a filter, or give --all"
+            )
+        if args.rate is not None and args.rate <= 0:
+            raise dlq.DlqError("--rate must be a positive number of events per second")
+    except dlq.DlqError as exc:
+        print(f"statsig-relay: {exc}", file=sys.stderr)
+        return 2
+    spool = create_spool(cfg, lock=False)
+    try:
+        await spool.open()
+    except Exception as exc:  # unreachable Redis, unreadable file: say so, no traceback
+        print(f"statsig-relay: cannot open the spool: {exc}", file=sys.stderr)
+        return 1
+    try:
+        chosen = await dlq.select(spool, flt, section.target_names)
+        return await _dlq_action(spool, chosen, flt, args)
+    except dlq.DlqError as exc:
+        print(f"statsig-relay: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # the store went away mid-command
+        print(f"statsig-relay: spool error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     finally:
         await spool.close()
+
+
+async def _dlq_action(
+    spool: Spool, chosen: list[Selected], flt: DeadFilter, args: argparse.Namespace
+) -> int:
+    from . import dlq
+
+    if args.action in ("list", "show"):
+        if not chosen:
+            print("no dead letters match" if flt.narrows else "the dead-letter queue is empty")
+        for picked in chosen[: args.limit]:
+            row = picked.row
+            dead_at = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(row.dead_at_ms / 1000))
+            count = f"{len(picked.taken)} events" + (f" (of {row.count})" if picked.rest else "")
+            print(
+                f"{row.id}\t{row.target}\t{row.route}\t{count}\t"
+                f"attempts {row.attempts}\t{dead_at}Z\t{row.reason}"
+            )
+            if args.action == "show":
+                for event in picked.taken:
+                    print("    " + orjson.dumps(event).decode())
+        if len(chosen) > args.limit:
+            print(f"... {len(chosen) - args.limit} more rows (--limit)")
+    elif args.action == "export":
+        lines = dlq.export_lines(chosen)
+        if args.output == "-":
+            for line in lines:
+                sys.stdout.buffer.write(line)
+            sys.stdout.flush()
+        else:
+            with open(args.output, "wb") as out:
+                out.writelines(lines)
+        print(f"exported {sum(len(s.taken) for s in chosen)} events", file=sys.stderr)
+    elif args.action == "replay":
+        total = sum(len(s.taken) for s in chosen)
+        pace = f" at ≤{args.rate:g} events/s" if args.rate else ""
+        if args.rate and total:
+            print(f"replaying {total} events{pace}")
+        moved = await dlq.replay(spool, chosen, args.rate)
+        print(f"replayed {moved} events to the queue{pace}; the running relay delivers them")
+    else:
+        deleted = await dlq.purge(spool, chosen)
+        print(f"purged {deleted} events")
     return 0
 
 

@@ -23,6 +23,7 @@ from .spool import spool_config
 from .targets import TARGETS, TargetConfig
 
 _VAR = re.compile(r"\$\{([^${}]+)\}")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 @dataclass(kw_only=True)
@@ -43,6 +44,8 @@ class ServerConfig:
                 raise ConfigError(key, str(exc)) from None
         if self.log_format not in ("text", "json"):
             raise ConfigError("log_format", "must be text or json")
+        if self.log_level.lower() not in LOG_LEVELS:
+            raise ConfigError("log_level", f"must be one of {', '.join(LOG_LEVELS)}")
 
 
 @dataclass(kw_only=True)
@@ -60,6 +63,8 @@ def split_host_port(address: str) -> tuple[str, int]:
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit():
         raise ValueError(f"expected host:port, got {address!r}")
+    if int(port) > 65535:
+        raise ValueError(f"port {port} is out of range (0-65535) in {address!r}")
     host = host.strip("[]")
     return host or "0.0.0.0", int(port)
 
@@ -129,11 +134,41 @@ def parse_config(text: str, env: Mapping[str, str] | None = None, path: str = ""
 
 
 def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
+    return parse_config(_read(path), env, str(path))
+
+
+@dataclass(kw_only=True)
+class SpoolSection:
+    """What the DLQ commands need: the spool, and the names of the configured targets."""
+
+    spool: Any
+    target_names: list[str]
+
+
+def load_spool_section(
+    path: str | os.PathLike[str], env: Mapping[str, str] | None = None
+) -> SpoolSection:
+    """Only the ``spool:`` section, expanded and validated: an unset secret elsewhere in the
+    file (a source's signing secret) must not stop an operator from reading the DLQ."""
     try:
-        text = Path(path).read_text()
+        raw = yaml.safe_load(_read(path))
+    except yaml.YAMLError as exc:
+        raise ConfigError("", f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError("", "the config must be a YAML mapping with sources, targets, routes")
+    spool_raw = expand(raw.get("spool"), os.environ if env is None else env, "spool")
+    targets = raw.get("targets")
+    return SpoolSection(
+        spool=spool_config(spool_raw, "spool"),
+        target_names=[str(name) for name in targets] if isinstance(targets, dict) else [],
+    )
+
+
+def _read(path: str | os.PathLike[str]) -> str:
+    try:
+        return Path(path).read_text()
     except OSError as exc:
         raise ConfigError("", f"cannot read config {path}: {exc.strerror}") from None
-    return parse_config(text, env, str(path))
 
 
 def _components(raw: Any, section: str, classes: dict[str, type]) -> dict[str, Any]:

@@ -276,7 +276,8 @@ class Deliverer:
         if result.retry and not result.dead and result.delivered == 0 and len(result.retry) == 1:
             outcome = result.retry[0][1]
             if self._exhausted(attempts, first_received, now):
-                await self.spool.dead_letter(rows, self._exhausted_reason(attempts, outcome), now)
+                reason = self._exhausted_reason(attempts, outcome)
+                await self.spool.dead_letter(rows, reason, now, attempts)
                 self._m_dead.labels(self.name, "exhausted").inc(batch.count)
                 return
             await self.spool.retry(rows, now + self._backoff_ms(attempts, outcome), outcome.reason)
@@ -302,7 +303,7 @@ class Deliverer:
                 )
             )
         for part, reason in result.dead:
-            dead.append(dead_from(template, reason, now, part.json_array(), part.count))
+            dead.append(dead_from(template, reason, now, part.json_array(), part.count, attempts))
             self._m_dead.labels(self.name, _reason_label(reason)).inc(part.count)
             logger.warning("target %s: dead-lettered %d events: %s", self.name, part.count, reason)
         await self.spool.settle(rows, requeue, dead)

@@ -92,7 +92,7 @@ routes: [{{name: all, from: statsig, to: out}}]
     assert '{"eventName":"e3"}' in show.stdout and "e1" not in show.stdout
     replay = cli("dlq", "replay", "-c", str(config), "--target", "out")
     assert "replayed 1 events" in replay.stdout
-    purge = cli("dlq", "purge", "-c", str(config))
+    purge = cli("dlq", "purge", "-c", str(config), "--all")
     assert "purged 2 events" in purge.stdout
 
     spool = SqliteSpool(SqliteSpoolConfig(path=str(spool_path)))

@@ -179,8 +179,12 @@ class Spool(ABC):
     ) -> None:
         """Replace claimed rows atomically by what is left to retry and what is dead."""
 
-    async def dead_letter(self, rows: Sequence[SpoolRow], reason: str, now_ms: int) -> None:
-        await self.settle(rows, (), [dead_from(row, reason, now_ms) for row in rows])
+    async def dead_letter(
+        self, rows: Sequence[SpoolRow], reason: str, now_ms: int, attempts: int | None = None
+    ) -> None:
+        await self.settle(
+            rows, (), [dead_from(row, reason, now_ms, attempts=attempts) for row in rows]
+        )
 
     # -- observation and the dead-letter queue ---------------------------------------------
     @abstractmethod
@@ -217,8 +221,10 @@ def dead_from(
     now_ms: int,
     body: bytes | None = None,
     count: int | None = None,
+    attempts: int | None = None,
 ) -> DeadRow:
-    """A DeadRow for (part of) a row; ``body``/``count`` narrow it to the events that failed."""
+    """A DeadRow for (part of) a row; ``body``/``count`` narrow it to the events that failed;
+    ``attempts`` counts the attempt that killed it (a claimed row's count excludes it)."""
     return DeadRow(
         id=getattr(row, "id", 0),
         target=row.target,
@@ -226,7 +232,7 @@ def dead_from(
         body=row.body if body is None else body,
         count=row.count if count is None else count,
         first_received_ms=row.first_received_ms,
-        attempts=row.attempts,
+        attempts=row.attempts if attempts is None else attempts,
         dead_at_ms=now_ms,
         reason=reason[:500],
     )

@@ -78,8 +78,14 @@ class RedisSpoolConfig:
     lease: Duration = Duration(120.0)
 
     def __post_init__(self) -> None:
-        if urlsplit(self.url).scheme not in ("redis", "rediss", "unix"):
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("redis", "rediss", "unix"):
             raise ConfigError("url", "expected redis://, rediss:// or unix:// URL")
+        try:
+            parts.port  # noqa: B018  (raises on a port that is not a number 0-65535)
+        except ValueError:
+            # Never the URL itself in the message: it may carry the password.
+            raise ConfigError("url", "the port must be a number from 0 to 65535") from None
         if not self.prefix or any(c.isspace() for c in self.prefix):
             raise ConfigError("prefix", "must be non-empty and without spaces")
         if self.lease <= 0:

@@ -42,7 +42,29 @@ from .due import DueIndex, QueuedRow
 
 logger = logging.getLogger(__name__)
 
-_SCHEMA = """
+# AUTOINCREMENT: a dead row's id is what an operator passes to `dlq replay/purge --id`; it must
+# never name another row later (plain INTEGER PRIMARY KEY reuses the highest id once deleted).
+_DEAD_TABLE = """CREATE TABLE IF NOT EXISTS {name} (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    target TEXT NOT NULL,
+    route TEXT NOT NULL,
+    body BLOB NOT NULL,
+    count INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    first_received INTEGER NOT NULL,
+    attempts INTEGER NOT NULL,
+    dead_at INTEGER NOT NULL,
+    reason TEXT NOT NULL
+);
+"""
+_DEAD_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS dead_target ON dead (target, id)",
+    # The stats (every few seconds) read these; without it they walk every dead body.
+    "CREATE INDEX IF NOT EXISTS dead_meta ON dead (target, count, bytes, first_received)",
+)
+
+_SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS queue (
     id INTEGER PRIMARY KEY,
     target TEXT NOT NULL,
@@ -60,28 +82,18 @@ CREATE TABLE IF NOT EXISTS queue (
 CREATE INDEX IF NOT EXISTS queue_meta
     ON queue (target, next_attempt, count, bytes, first_received, attempts, route);
 DROP INDEX IF EXISTS queue_due;
-CREATE TABLE IF NOT EXISTS dead (
-    id INTEGER PRIMARY KEY,
-    target TEXT NOT NULL,
-    route TEXT NOT NULL,
-    body BLOB NOT NULL,
-    count INTEGER NOT NULL,
-    bytes INTEGER NOT NULL,
-    first_received INTEGER NOT NULL,
-    attempts INTEGER NOT NULL,
-    dead_at INTEGER NOT NULL,
-    reason TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS dead_target ON dead (target, id);
--- The stats (every few seconds) read these; without it they walk every dead body.
-CREATE INDEX IF NOT EXISTS dead_meta ON dead (target, count, bytes, first_received);
-CREATE TABLE IF NOT EXISTS state (
+"""
+    + _DEAD_TABLE.format(name="dead")
+    + "".join(f"{index};\n" for index in _DEAD_INDEXES)
+    + """CREATE TABLE IF NOT EXISTS state (
     key TEXT PRIMARY KEY,
     expires INTEGER NOT NULL
 ) WITHOUT ROWID;
 -- Expiring dedup keys is a range delete, not a scan of a table that grows with traffic.
 CREATE INDEX IF NOT EXISTS state_expires ON state (expires);
 """
+)
+
 
 _QUEUE_COLUMNS = (
     "id, target, route, body, count, bytes, first_received, attempts, next_attempt, last_error"
@@ -172,6 +184,7 @@ class SqliteSpool(Spool):
         db.execute("PRAGMA wal_autocheckpoint=4000")
         db.execute(f"PRAGMA journal_size_limit={64 * 1024**2}")
         db.executescript(_SCHEMA)
+        _migrate_dead_ids(db)
         self._db = db
         self._stats()
         # Leases are kept in memory (a previous process's claims are due again now); the
@@ -518,6 +531,25 @@ class SqliteSpool(Spool):
             db.execute("ROLLBACK")
             raise
         return int(events), int(size)
+
+
+def _migrate_dead_ids(db: sqlite3.Connection) -> None:
+    """Files from before AUTOINCREMENT: copy the dead letters into a table that has it."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        (sql,) = db.execute("SELECT sql FROM sqlite_master WHERE name = 'dead'").fetchone()
+        if "AUTOINCREMENT" not in sql.upper():
+            db.execute(_DEAD_TABLE.format(name="dead_ids"))
+            db.execute("INSERT INTO dead_ids SELECT * FROM dead")
+            db.execute("DROP TABLE dead")
+            db.execute("ALTER TABLE dead_ids RENAME TO dead")
+            for statement in _SCHEMA.split(";"):
+                if "INDEX IF NOT EXISTS dead_" in statement:
+                    db.execute(statement)
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
 
 
 def _values(row_id: int, r: NewRow) -> tuple[Any, ...]:
