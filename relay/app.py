@@ -27,6 +27,7 @@ from .admin import create_admin_app
 from .config import Config, load_config, split_host_port
 from .deliver import Deliverer
 from .events import now_ms
+from .guard import ClientAddress, Guard
 from .ingest import Handler, Ingest, error_response
 from .metrics import RelayMetrics
 from .router import CompiledRoute, Router
@@ -110,9 +111,15 @@ class Relay:
             config.server.retry_after,
         )
         endpoints: dict[tuple[str, str], Handler] = {}
+        address = ClientAddress(config.server.trusted_proxies)
         for source in sources.values():
+            guard = Guard(source, address, self.metrics) if Guard.needed(source) else None
             for endpoint in source.endpoints():
-                endpoints[(endpoint.method, endpoint.path)] = ingest.handler(source, endpoint)
+                endpoints[(endpoint.method, endpoint.path)] = ingest.handler(
+                    source, endpoint, guard
+                )
+                if guard is not None and guard.cors is not None:
+                    endpoints[("OPTIONS", endpoint.path)] = guard.preflight
             for warning in source.warnings():
                 logger.warning("%s", warning)
         for name in targets:

@@ -10,12 +10,13 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from .guard import check_source, parse_networks
 from .router import RouteConfig
 from .schema import ByteSize, ConfigError, Duration, build
 from .sources import SOURCES, SourceConfig
@@ -35,8 +36,11 @@ class ServerConfig:
     retry_after: Duration = Duration(5.0)  # Retry-After sent with 503 when the spool is full
     log_level: str = "info"
     log_format: str = "text"  # text | json
+    # Peers whose X-Forwarded-For is believed when finding a client's IP (relay/guard.py).
+    trusted_proxies: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        parse_networks(self.trusted_proxies, "trusted_proxies")
         for key in ("listen", "admin_listen"):
             try:
                 split_host_port(getattr(self, key))
@@ -223,6 +227,7 @@ def _check_paths(sources: dict[str, Any]) -> None:
     seen: dict[str, str] = {}
     for name, config in sources.items():
         source = SOURCES[config.type](name, config)
+        check_source(name, source)
         for endpoint in source.endpoints():
             key = f"{endpoint.method} {endpoint.path}"
             if key in seen:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import orjson
 from aiohttp import web
@@ -25,6 +26,9 @@ from .sources.base import Endpoint, Parsed, Source, SourceError
 from .spool.base import NewRow, Spool, SpoolFull
 from .spool.rows import build_row
 from .state import KeyLedger, StateKey, route_keys
+
+if TYPE_CHECKING:
+    from .guard import Guard
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +64,9 @@ class Ingest:
         self.retry_after = str(max(1, round(retry_after)))
         self._routed = {r.name: metrics.events_routed.labels(r.name) for r in router.routes}
 
-    def handler(self, source: Source, endpoint: Endpoint) -> Handler:
+    def handler(self, source: Source, endpoint: Endpoint, guard: Guard | None = None) -> Handler:
+        """The handler of one endpoint; ``guard`` holds a public source's controls
+        (relay/guard.py: origin, rate limit, event count and names, client IP)."""
         m = self.metrics
         received = m.events_received.labels(source.name)
         latency = m.ingest_latency.labels(source.name)
@@ -68,7 +74,12 @@ class Ingest:
 
         async def handle(request: web.Request) -> web.StreamResponse:
             started = time.perf_counter()
-            response = await self._handle(source, endpoint, request, received)
+            if guard is None:
+                response = await self._handle(source, endpoint, request, received, None)
+            else:
+                refused = guard.admit(request)
+                response = refused or await self._handle(source, endpoint, request, received, guard)
+                guard.decorate(request, response)
             requests.labels(source.name, str(response.status)).inc()
             latency.observe(time.perf_counter() - started)
             return response
@@ -76,7 +87,12 @@ class Ingest:
         return handle
 
     async def _handle(
-        self, source: Source, endpoint: Endpoint, request: web.Request, received_counter: object
+        self,
+        source: Source,
+        endpoint: Endpoint,
+        request: web.Request,
+        received_counter: object,
+        guard: Guard | None,
     ) -> web.StreamResponse:
         rejected = self.metrics.events_rejected
         if self.spool.is_full():
@@ -88,9 +104,13 @@ class Ingest:
             body = await self._read_body(request, source)
             source.authenticate(request, endpoint, body)
             received_ms = now_ms()
-            parsed = source.parse_raw(request, endpoint, body, received_ms) or source.parse(
-                request, endpoint, body, received_ms
-            )
+            if guard is None:
+                parsed = source.parse_raw(request, endpoint, body, received_ms) or source.parse(
+                    request, endpoint, body, received_ms
+                )
+            else:  # the guard reads and edits event dicts: the dict path
+                parsed = source.parse(request, endpoint, body, received_ms)
+                guard.screen(request, parsed)
         except SourceError as exc:
             rejected.labels(source.name, exc.metric_reason).inc()
             if exc.status in (401, 403):

@@ -37,6 +37,12 @@ class RelayMetrics:
             ["source", "reason"],
             registry=r,
         )
+        self.requests_refused = Counter(
+            "relay_requests_refused",
+            "Requests a public source's guard refused (origin, rate_limited, too_many_events)",
+            ["source", "reason"],
+            registry=r,
+        )
         self.events_without_user = Counter(
             "relay_events_without_user",
             "Events accepted without a userID or custom ID (Statsig cannot join them to a unit)",

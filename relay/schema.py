@@ -86,6 +86,9 @@ def convert(value: Any, tp: Any, path: str) -> Any:
         options = get_args(tp)
         if value is None and type(None) in options:
             return None
+        others = [option for option in options if option is not type(None)]
+        if len(others) == 1:  # X | None: X's own error, with its full path
+            return convert(value, others[0], path)
         errors = []
         for option in options:
             if option is type(None):

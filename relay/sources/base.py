@@ -17,13 +17,21 @@ from typing import Any, ClassVar
 import orjson
 from aiohttp import web
 
+from ..cors import CorsConfig
 from ..events import Event
+from ..ratelimit import RateLimitConfig
 from ..raw import RawEvents
 
 
 @dataclass(kw_only=True)
 class SourceConfig:
     type: str
+    # Controls for a source browsers post to (relay/guard.py); all off by default.
+    cors: CorsConfig | None = None
+    rate_limit: RateLimitConfig | None = None  # per client IP
+    max_events: int | None = None  # per request; more is refused with 413
+    allowed_events: list[str] | None = None  # names to keep; "prefix*" matches a prefix
+    user_ip: bool | None = None  # client IP into user.ip; None: on when cors is set
 
 
 class SourceError(Exception):
@@ -123,6 +131,11 @@ class Source(ABC):
     def warnings(self) -> list[str]:
         """Things a user should know at start-up (e.g. running without authentication)."""
         return []
+
+    def credentials_are_public(self) -> bool:
+        """True when what senders present is no secret (a browser key), so any web origin may
+        post (``cors.origins: ["*"]``). Default: the credentials are secrets."""
+        return False
 
 
 def load_json(body: bytes) -> Any:

@@ -41,6 +41,9 @@ CALLS = ("track", "page", "screen", "identify", "group", "alias")
 PROFILE_CALLS = ("identify", "group", "alias")  # no event of their own; dropped by default
 _KNOWN_CALLS = frozenset(CALLS)
 _CONSENT = {True: "granted", False: "denied"}
+# analytics.js / @segment/analytics-next post each call to the first letter of its type
+# (``/v1/t`` …) and a batch to ``/v1/b`` (docs/browser-sdks.md).
+SHORT_PATHS = {call[0]: call for call in CALLS} | {"b": "batch"}
 
 
 @dataclass(kw_only=True)
@@ -105,11 +108,17 @@ class SegmentSource(Source):
 
     def endpoints(self) -> list[Endpoint]:
         prefix = self.config.path_prefix
-        return [Endpoint(f"{prefix}/v1/{call}", kind=call) for call in (*CALLS, "batch")]
+        return [Endpoint(f"{prefix}/v1/{call}", kind=call) for call in (*CALLS, "batch")] + [
+            Endpoint(f"{prefix}/v1/{short}", kind=call) for short, call in SHORT_PATHS.items()
+        ]
+
+    def credentials_are_public(self) -> bool:
+        return True  # a write key ships in every web page that loads analytics.js
 
     def describe(self) -> str:
         keys = f"{len(self._keys)} write key(s)" if self._keys else "no write key (open)"
-        return f"POST {self.config.path_prefix}/v1/{{{','.join(CALLS)},batch}}; {keys}"
+        calls = ",".join((*CALLS, "batch", *SHORT_PATHS))
+        return f"POST {self.config.path_prefix}/v1/{{{calls}}}; {keys}"
 
     def warnings(self) -> list[str]:
         if not self._keys:

@@ -12,7 +12,15 @@ Point an SDK's events API at ``http://relay{path_prefix}/v1`` and it posts here 
   ``eventName``.
 
 The SDK key comes in the ``statsig-api-key`` header (any case), or the ``k`` query parameter
-that Statsig's browser SDKs use; it is compared in constant time with ``api_keys``. SDKs send
+that Statsig's browser SDKs use; it is compared in constant time with ``api_keys``.
+
+The browser SDK (``@statsig/js-client``, docs/browser-sdks.md) encodes ``rgstr`` bodies its own
+way, flagged in the query string rather than in headers (so that ``sendBeacon`` and simple
+requests work): ``gz=1`` is a gzip body without ``Content-Encoding``; ``se=1`` is the JSON in
+base64, reversed. Both are undone here (gzip first, as the SDK applies it last), inflating at
+most ``MAX_INFLATED`` bytes. The SDK keeps the stable ID once per request, in the top-level
+``statsigMetadata.stableID``; it is copied into ``user.customIDs.stableID`` of each event that
+has none, since what reaches Statsig's log_event carries the relay's own statsigMetadata. SDKs send
 their own internal events (``statsig::diagnostics``, exposures) too: they are accepted like any
 event and routes filter them. A malformed event is skipped and counted, never the request.
 Answers look like Statsig's: ``202 {"success": true}``.
@@ -20,6 +28,9 @@ Answers look like Statsig's: ``202 {"success": true}``.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -42,6 +53,9 @@ from .base import (
 KEY_HEADER = "statsig-api-key"
 KEY_QUERY = "k"
 LOG_EVENT = "log_event"
+GZIPPED_QUERY = "gz"  # @statsig/js-client: the body is gzip (no Content-Encoding header)
+ENCODED_QUERY = "se"  # @statsig/js-client: the body is reversed base64 of the JSON
+MAX_INFLATED = 10_000_000  # Statsig's own request limit (API-FACTS.md); more is refused 413
 EVENT_WEBHOOK = "event_webhook"
 
 
@@ -100,9 +114,18 @@ class StatsigEventsSource(Source):
         if not key_matches(presented.strip(), self._keys):
             raise SourceError(401, f"{KEY_HEADER} is not one of this source's api_keys")
 
+    def credentials_are_public(self) -> bool:
+        """Client keys (``client-…``) are made to ship in web pages; server secrets are not."""
+        return all(key.startswith("client-") for key in self._keys)
+
     def parse(
         self, request: web.Request, endpoint: Endpoint, body: bytes, received_ms: int
     ) -> Parsed:
+        query = request.query
+        if query.get(GZIPPED_QUERY) == "1":
+            body = _gunzip(body)
+        if query.get(ENCODED_QUERY) == "1":
+            body = _unreverse_base64(body)
         document = load_json(body)
         if endpoint.kind == EVENT_WEBHOOK:
             if isinstance(document, dict):
@@ -120,11 +143,18 @@ class StatsigEventsSource(Source):
             shared_user = document.get("user")
             if not isinstance(shared_user, dict):
                 shared_user = None
+            request_meta = document.get("statsigMetadata")
+            stable_id = request_meta.get("stableID") if isinstance(request_meta, dict) else None
         elif isinstance(document, list):
             items = document
+            stable_id = None
         else:
             raise SourceError(400, 'expected {"events": [...]}')
-        return _parse_items(items, received_ms, shared_user, webhook=False)
+        parsed = _parse_items(items, received_ms, shared_user, webhook=False)
+        if isinstance(stable_id, str) and stable_id:
+            for event in parsed.events:
+                _add_stable_id(event, stable_id)
+        return parsed
 
     def answer(self, parsed: Parsed, accepted: int) -> web.Response:
         payload: dict[str, Any] = {"success": True}
@@ -189,3 +219,42 @@ def normalise_sdk_event(
     if metadata is not None and not isinstance(metadata, dict):
         return f"metadata must be an object, got {type(metadata).__name__}"
     return None
+
+
+def _gunzip(body: bytes) -> bytes:
+    """A ``gz=1`` body. aiohttp already inflated it if the sender also set Content-Encoding."""
+    if body[:2] != b"\x1f\x8b":
+        return body
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(body, MAX_INFLATED)
+    except zlib.error as exc:
+        raise SourceError(400, f"gz=1 but the body is not valid gzip: {exc}") from None
+    if inflater.unconsumed_tail:
+        raise SourceError(413, f"body inflates to more than {MAX_INFLATED} bytes")
+    return out
+
+
+def _unreverse_base64(body: bytes) -> bytes:
+    """A ``se=1`` body: the SDK's btoa(json), reversed."""
+    try:
+        return base64.b64decode(body.strip()[::-1], validate=True)
+    except (binascii.Error, ValueError):
+        raise SourceError(400, "se=1 but the body is not reversed base64") from None
+
+
+def _add_stable_id(event: Event, stable_id: str) -> None:
+    """``user.customIDs.stableID`` from the request's statsigMetadata, unless set already."""
+    user = event.get("user")
+    if not isinstance(user, dict):
+        event["user"] = {"customIDs": {"stableID": stable_id}}
+        return
+    ids = user.get("customIDs")
+    if isinstance(ids, dict):
+        if ids.get("stableID"):
+            return
+        ids = {**ids, "stableID": stable_id}
+    else:
+        ids = {"stableID": stable_id}
+    # A copy: the user object may be shared by every event of the request.
+    event["user"] = {**user, "customIDs": ids}
