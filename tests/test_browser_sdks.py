@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -23,8 +22,9 @@ from playwright.async_api import Browser, Page, Request
 from tests.browser import browser  # noqa: F401  (the fixture)
 from tests.conftest import RelayFactory, metric
 from tests.fake_statsig import FakeStatsig
+from tests.npm import NODE_MODULES, js_packages  # noqa: F401  (the fixture)
 
-NODE_MODULES = Path(__file__).resolve().parent / "js" / "node_modules"
+pytestmark = pytest.mark.usefixtures("js_packages")
 STATSIG_BUNDLE = NODE_MODULES / "@statsig" / "js-client" / "build" / "statsig-js-client.min.js"
 SEGMENT_UMD = NODE_MODULES / "@segment" / "analytics-next" / "dist" / "umd"
 CLIENT_KEY = "client-browser-test"

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.conftest import RelayFactory
 from tests.fake_statsig import FakeStatsig
 from tests.fakes import FakeTarget
+from tests.npm import JS, js_packages  # noqa: F401  (the fixture)
 from tests.test_statsig_sdk import config_api_answer
 
-JS = Path(__file__).resolve().parent / "js"
+pytestmark = pytest.mark.usefixtures("js_packages")
 SERVER_KEY = "secret-node-sdk"
 WRITE_KEY = "wk-node-test"
 DOWNSTREAM_KEY = "secret-downstream"
