@@ -22,7 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import systemd
+from . import __version__, systemd
 from .admin import create_admin_app
 from .config import Config, load_config, split_host_port
 from .deliver import Deliverer
@@ -35,6 +35,7 @@ from .schema import ConfigError
 from .sources import SOURCES, Source
 from .spool import Spool, create_spool
 from .state import KeyLedger
+from .status import CounterRing, Redactor, TargetState, document, read_counters
 from .targets import TARGETS, Target
 
 logger = logging.getLogger(__name__)
@@ -97,6 +98,10 @@ class Relay:
         self._stop = asyncio.Event()
         self.public_port: int | None = None
         self.admin_port: int | None = None
+        self.started_at = time.time()
+        self.last_reload: dict[str, Any] | None = None  # {"result", "at", "error"}
+        self.counter_ring = CounterRing(interval=STATS_INTERVAL)  # "last minute" on /status
+        self.redact = _redactor(config)
 
     # -- assembling ------------------------------------------------------------------------
     def _pipeline(self, config: Config, targets: dict[str, Target]) -> Pipeline:
@@ -163,6 +168,8 @@ class Relay:
     async def _open(self, stack: contextlib.AsyncExitStack) -> None:
         """Start-up steps; each pushes its close right after it has something to close."""
         cfg = self.config
+        self.started_at = time.time()
+        self.counter_ring.sample(self.started_at, read_counters(self.metrics.registry))
         await self.spool.open()
         stack.push_async_callback(self.spool.close)
         self.metrics.spool_limit_bytes.set(getattr(cfg.spool, "max_size", 0))
@@ -226,6 +233,7 @@ class Relay:
         except ConfigError as exc:
             self.metrics.config_reloads.labels("error").inc()
             logger.error("reload refused, keeping the running config: %s", exc)
+            self.last_reload = {"result": "error", "at": _iso_now(), "error": str(exc)}
             return False
         if new.server != self.config.server or new.spool != self.config.spool:
             logger.warning("reload: server and spool settings need a restart; applying the rest")
@@ -252,7 +260,9 @@ class Relay:
             if name not in self.deliverers:
                 self._start_deliverer(target)
         self.config = new
+        self.redact = _redactor(new)
         self.metrics.config_reloads.labels("ok").inc()
+        self.last_reload = {"result": "ok", "at": _iso_now(), "error": ""}
         logger.info(
             "config reloaded: %d sources, %d routes, %d targets",
             len(new.sources),
@@ -303,6 +313,7 @@ class Relay:
         while True:
             with contextlib.suppress(Exception):
                 await self.update_spool_metrics()
+            self.counter_ring.sample(time.time(), read_counters(self.metrics.registry))
             await asyncio.sleep(STATS_INTERVAL)
 
     async def update_spool_metrics(self) -> None:
@@ -344,12 +355,70 @@ class Relay:
             health = target.health
             targets[name] = {
                 "failing": health.failing,
-                "reason": health.reason,
-                "last_error": self.deliverers[name].last_error if name in self.deliverers else "",
+                "reason": self.redact(health.reason),
+                "last_error": self.redact(
+                    self.deliverers[name].last_error if name in self.deliverers else ""
+                ),
             }
             if health.failing:
-                problems.append(f"target {name}: {health.reason}")
+                problems.append(f"target {name}: {self.redact(health.reason)}")
         return not problems, {"ready": not problems, "problems": problems, "targets": targets}
+
+    async def status(self) -> dict[str, Any]:
+        """The status document (relay/status.py) for /status, /status.json and `status`."""
+        stats = await self.spool.stats()
+        now = time.time()
+        pipeline = self.pipeline
+        targets = []
+        for name, target in self.targets.items():
+            depth = stats.queued.get(name)
+            dead = stats.dead.get(name)
+            deliverer = self.deliverers.get(name)
+            oldest = depth.oldest_received_ms if depth else None
+            targets.append(
+                TargetState(
+                    name=name,
+                    type=target.config.type,
+                    describe=target.describe(),
+                    queued=depth.events if depth else 0,
+                    oldest_age_s=max(0.0, now - oldest / 1000) if oldest else 0.0,
+                    dead=dead.events if dead else 0,
+                    failing=target.health.failing,
+                    failing_reason=target.health.reason,
+                    last_error=deliverer.last_error if deliverer else "",
+                    backoff_s=deliverer.backoff_s(now) if deliverer else 0.0,
+                )
+            )
+        limit = int(getattr(self.config.spool, "max_size", 0))
+        ok, detail = self.readiness()
+        return document(
+            version=__version__,
+            started_at=self.started_at,
+            now=now,
+            config_path=self.config.path,
+            last_reload=self.last_reload,
+            sources={n: s.kind for n, s in (pipeline.sources.items() if pipeline else ())},
+            routes=[(r.name, list(r.sources), r.to) for r in self.config.routes],
+            targets=targets,
+            spool={
+                "backend": self.config.spool.backend,
+                "bytes": stats.bytes_used,
+                "limit_bytes": limit,
+                "used_percent": round(100 * stats.bytes_used / limit, 1) if limit else 0.0,
+            },
+            ready=(ok, detail["problems"]),
+            current=read_counters(self.metrics.registry),
+            base=self.counter_ring.base(now),
+            redact=self.redact,
+        )
+
+
+def _redactor(config: Config) -> Redactor:
+    return Redactor([config.spool, *config.sources.values(), *config.targets.values()])
+
+
+def _iso_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:

@@ -53,6 +53,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     dlq.add_argument("--rate", type=float, help="replay: at most N events/s (paced per row)")
     dlq.add_argument("-o", "--output", default="-", help="export: JSON lines file (- = stdout)")
 
+    status = commands.add_parser(
+        "status", help="the running daemon's status (its admin listener's /status.json)"
+    )
+    status.add_argument("-c", "--config", help="read admin_listen from this config")
+    status.add_argument("--url", help="admin base URL (default http://127.0.0.1:9102)")
+    status.add_argument(
+        "--watch", nargs="?", type=float, const=2.0, metavar="SECONDS", help="refresh (every 2 s)"
+    )
+
     send = commands.add_parser("send", help="POST a JSON file to a relay source (for testing)")
     send.add_argument("url", help="e.g. http://127.0.0.1:8080/webhooks/statsig")
     send.add_argument("file", help="JSON file, or - for standard input")
@@ -67,6 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "send":
             return _send(args)
+        if args.command == "status":
+            return _status(args)
         if args.command == "dlq":
             return asyncio.run(_dlq(load_spool_section(args.config), args))
         config = load_config(args.config)
@@ -245,6 +256,37 @@ async def _dlq_action(
         deleted = await dlq.purge(spool, chosen)
         print(f"purged {deleted} events")
     return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    import urllib.request
+
+    from .config import split_host_port
+    from .statuspage import render_text
+
+    base = args.url
+    if base is None and args.config:
+        host, port = split_host_port(load_config(args.config).server.admin_listen)
+        host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+        base = f"http://{host}:{port}"
+    url = (base or "http://127.0.0.1:9102").rstrip("/") + "/status.json"
+    try:
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=10) as response:
+                    text = render_text(orjson.loads(response.read()))
+            except (OSError, ValueError) as exc:
+                print(f"statsig-relay: cannot read {url}: {exc}", file=sys.stderr)
+                if not args.watch:
+                    return 1
+                text = f"statsig-relay: cannot read {url}: {exc}"
+            if not args.watch:
+                print(text)
+                return 0
+            print("\x1b[H\x1b[2J" + text, flush=True)  # clear the screen, then the table
+            time.sleep(args.watch)
+    except KeyboardInterrupt:
+        return 0
 
 
 def _send(args: argparse.Namespace) -> int:

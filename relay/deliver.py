@@ -65,6 +65,7 @@ class Deliverer:
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.last_error = ""
+        self._retry_at = 0.0  # epoch s of the next attempt of a batch put back; 0 when none
         m = metrics
         self._m_delivered = m.events_delivered.labels(self.name)
         self._m_retried = m.events_retried.labels(self.name)
@@ -77,6 +78,10 @@ class Deliverer:
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"deliver-{self.name}")
+
+    def backoff_s(self, now: float) -> float:
+        """How long until the batch last put back is tried again (0 once delivering)."""
+        return max(0.0, self._retry_at - now)
 
     @property
     def running(self) -> bool:
@@ -267,6 +272,7 @@ class Deliverer:
         first_received = min(r.first_received_ms for r in rows)
         attempts = max(r.attempts for r in rows) + 1
         if result.delivered:
+            self._retry_at = 0.0
             self._m_delivered.inc(result.delivered)
             self._m_latency.observe(max(0.0, (now - first_received) / 1000))
         if not result.retry and not result.dead:
@@ -280,7 +286,9 @@ class Deliverer:
                 await self.spool.dead_letter(rows, reason, now, attempts)
                 self._m_dead.labels(self.name, "exhausted").inc(batch.count)
                 return
-            await self.spool.retry(rows, now + self._backoff_ms(attempts, outcome), outcome.reason)
+            next_attempt = now + self._backoff_ms(attempts, outcome)
+            self._retry_at = next_attempt / 1000
+            await self.spool.retry(rows, next_attempt, outcome.reason)
             return
         # Mixed: replace the claimed rows by what is left to retry and what is dead.
         template = rows[0]
