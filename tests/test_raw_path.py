@@ -20,6 +20,8 @@ from relay.app import Relay
 from relay.config import parse_config
 from relay.raw import MAX_MS, MIN_MS, decode_exports
 from relay.sources.statsig_webhook import normalise_export
+from relay.spool.rows import build_row
+from relay.targets.base import Batch
 from tests.conftest import metric, post_json, relay_yaml, spool_empty
 from tests.fakes import FakeTarget, FakeTargetFactory, poll_until
 
@@ -29,8 +31,8 @@ GATES = ["new_checkout", "dark_mode", 'gate "quoted" \\ slash']
 TEXT = ["plain", "é ü ß", "日本語", "emoji 😀🎉", 'quote " and \\ back', "tab\tnew\nline", "\u2028"]
 
 
-def _timestamp(rng: random.Random) -> Any:
-    roll = rng.random()
+def _timestamp(rng: random.Random, plain: bool) -> Any:
+    roll = 0.0 if plain else rng.random()
     ms = NOW - rng.randrange(10**7)
     if roll < 0.6:
         return ms
@@ -58,7 +60,7 @@ def _user(rng: random.Random) -> dict[str, Any]:
     return user
 
 
-def _exposure_metadata(rng: random.Random, name: str) -> tuple[dict[str, Any], Any]:
+def _exposure_metadata(rng: random.Random, name: str, plain: bool) -> tuple[dict[str, Any], Any]:
     subject = (
         {"gate": rng.choice(GATES)}
         if "gate" in name
@@ -67,10 +69,12 @@ def _exposure_metadata(rng: random.Random, name: str) -> tuple[dict[str, Any], A
     keys: dict[str, Any] = {
         **subject,
         "ruleID": f"r{rng.randrange(9)}",
-        "gateValue": rng.choice(["true", "false", True, False]) if "gate" in name else None,
+        "gateValue": rng.choice(["true", "false", *([] if plain else [True, False])])
+        if "gate" in name
+        else None,
     }
     keys = {k: v for k, v in keys.items() if v is not None}
-    form = rng.random()
+    form = 0.0 if plain else rng.random()
     if form < 0.6:
         return keys, None  # the current place: metadata
     if form < 0.8:
@@ -80,8 +84,10 @@ def _exposure_metadata(rng: random.Random, name: str) -> tuple[dict[str, Any], A
     return {"reason": "x"}, rng.choice([None, "not an object", [1, 2]])
 
 
-def _event(rng: random.Random) -> Any:
-    roll = rng.random()
+def _event(rng: random.Random, plain: bool) -> Any:
+    """A random export event; ``plain``: one that needs no normalisation (the raw path's
+    common case, where a whole body is checked at once)."""
+    roll = 1.0 if plain else rng.random()
     if roll < 0.03:
         return rng.choice(["not an object", 7, None, [], {"timestamp": NOW}, {"eventName": ""}])
     kind = rng.choice(["custom", "custom", "diag", "gate", "experiment", "config", "layer", "cc"])
@@ -97,11 +103,11 @@ def _event(rng: random.Random) -> Any:
     event: dict[str, Any] = {"eventName": name, "user": _user(rng)}
     if rng.random() < 0.7:
         event["userID"] = event["user"]["userID"]
-    timestamp = _timestamp(rng)
+    timestamp = _timestamp(rng, plain)
     if timestamp is not None:
         event["timestamp"] = timestamp
     if kind in ("gate", "experiment", "config", "layer"):
-        metadata, legacy = _exposure_metadata(rng, name)
+        metadata, legacy = _exposure_metadata(rng, name, plain)
         if metadata is not None:
             event["metadata"] = metadata
         if legacy is not None:
@@ -115,7 +121,7 @@ def _event(rng: random.Random) -> Any:
         event["timeUUID"] = f"t{rng.randrange(200)}"  # repeats: the dedup route drops them
     if rng.random() < 0.3:
         event["unitID"] = rng.choice(["userID", "stableID"])
-    if rng.random() < 0.05:
+    if rng.random() < 0.05 and not plain:
         deep: Any = "bottom"
         for _ in range(rng.choice([30, 120, 300])):
             deep = {"d": deep} if rng.random() < 0.5 else [deep]
@@ -128,7 +134,8 @@ def _event(rng: random.Random) -> Any:
 
 
 def _body(rng: random.Random) -> bytes:
-    events = [_event(rng) for _ in range(rng.randrange(1, 40))]
+    plain = rng.random() < 0.4
+    events = [_event(rng, plain) for _ in range(rng.randrange(1, 40))]
     if rng.random() < 0.1 and events:
         events.append(events[0])  # a duplicate within the batch
     document: Any = {"data": events} if rng.random() < 0.2 else events
@@ -259,3 +266,26 @@ def test_most_events_of_a_plain_batch_stay_as_their_bytes() -> None:
     assert raw is not None and not rejected
     assert [r is not None for r in raw.raws] == [True, True, False]
     assert raw.dicts[2] == {"eventName": "add_to_cart", "timestamp": NOW}
+
+
+def test_a_row_with_a_number_orjson_refuses_still_decodes_for_re_encoding_targets() -> None:
+    """``1e400`` is valid JSON that orjson refuses; the raw path keeps it, so a target that
+    decodes rows (heap, statsig, chronosphere) must not fail the whole row on it."""
+    body = orjson.dumps([{"eventName": "a", "timestamp": NOW}])[:-2] + b',"v":1e400}]'
+    raw = decode_exports(body, lambda e: normalise_export(e, NOW), lambda i, r: None)
+    assert raw is not None and raw.raws[0] is not None
+    row = build_row("t", "r", raw, [0], NOW)
+    batch = Batch([row.body], 1, counts=[1])
+    assert batch.events() == [{"eventName": "a", "timestamp": NOW, "v": float("inf")}]
+
+
+def test_a_body_of_plain_events_is_kept_whole_and_matches_the_dict_path() -> None:
+    rng = random.Random(7)
+    events = [_event(rng, plain=True) for _ in range(50)]
+    body = orjson.dumps(events)
+    raw = decode_exports(body, lambda e: normalise_export(e, NOW), lambda i, r: None)
+    assert raw is not None and all(r is not None for r in raw.raws)
+    indices = list(range(len(events)))
+    assert build_row("t", "r", raw, indices, NOW).body == body  # spliced, byte for byte
+    expected = [e for e in events if normalise_export(e, NOW) is None]
+    assert expected == events  # plain means the dict path would not change them either
