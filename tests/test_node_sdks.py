@@ -2,7 +2,8 @@
 
 Each test runs a small script from tests/js/ with ``node``, pointed at the relay as a user
 would point it: ``@segment/analytics-node`` by ``host`` and ``path``, ``statsig-node`` by
-``api`` (its configs come from a loopback fake of Statsig's config API). The relay sends the
+``api`` (its configs come from a loopback fake of Statsig's config API), and the Statsig
+server core ``@statsig/statsig-node-core`` by ``logEventUrl`` and ``specsUrl``. The relay sends the
 events on to the fake Statsig log_event server, which checks what Statsig would receive.
 """
 
@@ -16,9 +17,9 @@ import pytest
 
 from tests.conftest import RelayFactory
 from tests.fake_statsig import FakeStatsig
-from tests.fakes import FakeTarget
+from tests.fakes import Answer, FakeTarget, RecordedRequest
 from tests.npm import JS, js_packages  # noqa: F401  (the fixture)
-from tests.test_statsig_sdk import config_api_answer
+from tests.test_statsig_sdk import CONFIG_SPECS, config_api_answer
 
 pytestmark = pytest.mark.usefixtures("js_packages")
 SERVER_KEY = "secret-node-sdk"
@@ -114,4 +115,44 @@ async def test_statsig_node_logs_through_the_relay(relay_factory: RelayFactory) 
         assert purchase["metadata"] == {"sku": "B2", "qty": "3"}
         assert started <= purchase["time"] <= int(time.time() * 1000)
         assert any("download_config_specs" in r.path for r in config_api.requests)
+        assert downstream.failures == []
+
+
+def core_config_answer(rec: RecordedRequest) -> Answer:
+    """The server core's config download (v2): entities keyed by name, not listed."""
+    specs = {
+        **CONFIG_SPECS,
+        "feature_gates": {gate["name"]: gate for gate in CONFIG_SPECS["feature_gates"]},
+        "dynamic_configs": {},
+        "layer_configs": {},
+    }
+    return Answer(200, json=specs)
+
+
+async def test_statsig_node_core_logs_through_the_relay(relay_factory: RelayFactory) -> None:
+    """The Rust-based core posts log_event with ``Content-Encoding: zstd``."""
+    async with (
+        FakeStatsig(DOWNSTREAM_KEY) as downstream,
+        FakeTarget(core_config_answer) as config_api,
+    ):
+        relay = await relay_factory(relay_config(downstream))
+        started = int(time.time() * 1000)
+        out = await run_node(
+            "statsig_node_core.js",
+            f"http://127.0.0.1:{relay.public_port}/statsig/v1/log_event",
+            f"{config_api.url}/v2/download_config_specs",
+            SERVER_KEY,
+        )
+        assert '"gate":false' in out
+        assert [r.path for r in config_api.requests] == [
+            f"/v2/download_config_specs/{SERVER_KEY}.json"
+        ]
+        await downstream.wait_for(lambda: by_name(downstream, "purchase"))
+        (purchase,) = by_name(downstream, "purchase")
+        assert purchase["user"]["email"] == "c@example.com"
+        assert purchase["user"]["userID"] == "u-core"
+        assert purchase["user"]["customIDs"] == {"stableID": "st-core"}
+        assert purchase["value"] == 30
+        assert purchase["metadata"] == {"sku": "B2", "qty": "3"}
+        assert started <= purchase["time"] <= int(time.time() * 1000)
         assert downstream.failures == []
