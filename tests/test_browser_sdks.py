@@ -254,3 +254,38 @@ async def test_segment_analytics_next_tracks_through_the_relay(
         )
         dropped = metric(relay, "relay_events_dropped_total", route="source:seg", reason="identify")
         assert dropped == 1
+
+
+async def test_segment_batches_flush_with_keepalive_when_the_page_is_left(
+    browser: Browser,  # noqa: F811
+    site: PageServer,
+    relay_factory: RelayFactory,
+) -> None:
+    async with FakeStatsig(DOWNSTREAM_KEY) as downstream:
+        relay = await relay_factory(relay_config(downstream, site.origin))
+        api_host = f"localhost:{relay.public_port}/segment/v1"
+        page, _ = await open_site(browser, site)
+        await page.evaluate(
+            """async ([writeKey, apiHost]) => {
+                // Batching: nothing is sent until 100 events or a minute, or the page goes.
+                const strategy = {strategy: 'batching', config: {size: 100, timeout: 60000}};
+                const [analytics] = await window.AnalyticsNext.AnalyticsBrowser.load(
+                    {writeKey, cdnSettings: {integrations: {'Segment.io': {
+                        apiKey: writeKey, apiHost, protocol: 'http',
+                        deliveryStrategy: strategy}}}},
+                    {disableClientPersistence: true});
+                await analytics.identify('u-batch');
+                await analytics.track('Product Viewed', {sku: 'C1'});
+                await analytics.track('Product Added', {sku: 'C1', price: 9.5});
+            }""",
+            [WRITE_KEY, api_host],
+        )
+        assert downstream.delivered() == []
+        await page.goto(f"{site.origin}/bye")  # pagehide: the batch goes with keepalive
+        await downstream.wait_for(lambda: len(by_name(downstream, "Product Added")) == 1)
+        await downstream.wait_for(lambda: len(by_name(downstream, "Product Viewed")) == 1)
+        (added,) = by_name(downstream, "Product Added")
+        assert added["user"]["userID"] == "u-batch"
+        assert added["metadata"] == {"sku": "C1", "price": "9.5"}
+        assert metric(relay, "relay_requests_total", source="seg", code="200") == 1  # one /v1/b
+        assert downstream.failures == []
