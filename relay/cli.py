@@ -120,12 +120,16 @@ def _run(config: Config, path: str) -> int:
 
 def routing_table(config: Config) -> str:
     from .app import build_sources, build_targets
+    from .guard import describe_public
 
     sources = build_sources(config)
     targets = build_targets(config)
     lines = [f"config {config.path}: ok", "", "sources:"]
     for name, source in sources.items():
         lines.append(f"  {name} ({source.kind}): {source.describe()}")
+        public = describe_public(source.config)
+        if public:
+            lines.append(f"    public: {public}")
         lines.extend(f"    warning: {w}" for w in source.warnings())
     lines += ["", "targets:"]
     fed = {route.to for route in config.routes}

@@ -32,7 +32,7 @@ from .ingest import error_response
 from .metrics import RelayMetrics
 from .ratelimit import RateLimiter
 from .schema import ConfigError
-from .sources.base import Parsed, Source, SourceError
+from .sources.base import Parsed, Source, SourceConfig, SourceError
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +51,11 @@ def parse_networks(values: Sequence[str], path: str) -> list[IPNetwork]:
                 f"{path}[{i}]", f"not an IP address or CIDR such as 10.0.0.0/8: {value!r}"
             ) from None
     return networks
+
+
+def user_ip_on(config: SourceConfig) -> bool:
+    """``user_ip`` as set, or on for a source with ``cors`` (browser traffic)."""
+    return config.user_ip if config.user_ip is not None else config.cors is not None
 
 
 class ClientAddress:
@@ -103,7 +108,7 @@ class Guard:
         self._names = frozenset(n for n in names or () if not n.endswith("*"))
         self._prefixes = tuple(n[:-1] for n in names or () if n.endswith("*"))
         self._filter_names = names is not None
-        self.user_ip = config.user_ip if config.user_ip is not None else self.cors is not None
+        self.user_ip = user_ip_on(config)
         refused = metrics.requests_refused
         self._refused_origin = refused.labels(source.name, "origin")
         self._refused_rate = refused.labels(source.name, "rate_limited")
@@ -126,7 +131,7 @@ class Guard:
         origin = request.headers.get("Origin")
         if origin is not None and self.cors is not None and not self.cors.allows(origin):
             self._refused_origin.inc()
-            logger.info("source %s: refused origin %.100s", self.source_name, origin)
+            logger.debug("source %s: refused origin %.100s", self.source_name, origin)
             return error_response(403, f"origin {origin[:100]} is not allowed here")
         if self.limiter is not None:
             wait = self.limiter.take(self.address.of(request))
@@ -193,6 +198,23 @@ class Guard:
         return web.Response(status=204, headers=self.cors.preflight_headers(origin))
 
 
+def describe_public(config: SourceConfig) -> str:
+    """One line of a source's public-endpoint settings for ``statsig-relay check``."""
+    parts = []
+    if config.cors is not None:
+        parts.append(f"cors {', '.join(config.cors.origins)}")
+    if config.rate_limit is not None:
+        limit = config.rate_limit
+        parts.append(f"{limit.per_second:g} requests/s per IP (burst {limit.burst})")
+    if config.max_events is not None:
+        parts.append(f"≤{config.max_events} events/request")
+    if config.allowed_events is not None:
+        parts.append(f"{len(config.allowed_events)} allowed event names")
+    if user_ip_on(config):
+        parts.append("client IP → user.ip")
+    return "; ".join(parts)
+
+
 def check_source(name: str, source: Source) -> None:
     """Config load: the public-endpoint settings of one source; errors name the field.
 
@@ -217,4 +239,4 @@ def check_source(name: str, source: Source) -> None:
         )
 
 
-__all__ = ["NOT_ALLOWED", "ClientAddress", "Guard", "check_source"]
+__all__ = ["NOT_ALLOWED", "ClientAddress", "Guard", "check_source", "describe_public"]

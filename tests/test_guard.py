@@ -15,6 +15,7 @@ import aiohttp
 import orjson
 import pytest
 
+from relay.cli import routing_table
 from relay.config import parse_config
 from relay.cors import CorsConfig, CorsPolicy
 from relay.ratelimit import RateLimitConfig, RateLimiter
@@ -360,3 +361,23 @@ async def test_rgstr_bodies_gzipped_and_encoded_as_the_browser_sdk_sends_them(
         assert status == 400 and "base64" in answer["error"]
         status, _, answer = await request("POST", rgstr_url(relay, gz="1"), b"\x1f\x8bnot gzip")
         assert status == 400 and "gzip" in answer["error"]
+
+
+def test_check_lists_a_sources_public_settings(tmp_path) -> None:
+    yaml = relay_yaml(
+        """
+sources:
+  web:
+    type: statsig_events
+    api_keys: [client-abc]
+    cors: {origins: ["https://app.example.com"]}
+    rate_limit: {per_second: 5, burst: 20}
+    max_events: 100
+""",
+        tmp_path,
+    )
+    table = routing_table(parse_config(yaml, {}))
+    assert (
+        "    public: cors https://app.example.com; 5 requests/s per IP (burst 20); "
+        "≤100 events/request; client IP → user.ip"
+    ) in table
