@@ -147,14 +147,16 @@ class Guard:
     def screen(self, request: web.Request, parsed: Parsed) -> None:
         """Apply max_events (SourceError 413), allowed_events and user_ip to parsed events."""
         events = parsed.events
-        if self.max_events is not None and len(events) + parsed.error_count > self.max_events:
-            self._refused_size.inc()
-            raise SourceError(
-                413,
-                f"{len(events) + parsed.error_count} events in one request; this source takes "
-                f"at most {self.max_events}",
-                "too_many_events",
-            )
+        if self.max_events is not None:
+            # Every message counts, also those a source drops (Segment identify calls).
+            count = len(events) + parsed.error_count + sum(parsed.dropped.values())
+            if count > self.max_events:
+                self._refused_size.inc()
+                raise SourceError(
+                    413,
+                    f"{count} events in one request; this source takes at most {self.max_events}",
+                    "too_many_events",
+                )
         if self._filter_names and events:
             kept = [e for e in events if self._allowed(e["eventName"])]
             if len(kept) != len(events):
@@ -195,7 +197,12 @@ class Guard:
         if not self.cors.allows(origin):
             self._refused_origin.inc()
             return error_response(403, f"origin {origin[:100]} is not allowed here")
-        return web.Response(status=204, headers=self.cors.preflight_headers(origin))
+        headers = self.cors.preflight_headers(origin)
+        if request.headers.get("Access-Control-Request-Private-Network") == "true":
+            # Chrome asks before a public page reaches a private address (a relay on a LAN
+            # or localhost); the origin is one the config lists.
+            headers["Access-Control-Allow-Private-Network"] = "true"
+        return web.Response(status=204, headers=headers)
 
 
 def describe_public(config: SourceConfig) -> str:

@@ -29,7 +29,7 @@ PAGE = "https://app.example.com"
 RGSTR = "/statsig/v1/rgstr"
 
 
-def relay_config(downstream: FakeStatsig, web_extra: str = "", server: str = "") -> str:
+def relay_config(downstream: FakeStatsig, web_extra: str = "", seg_extra: str = "") -> str:
     return f"""
 sources:
   web:
@@ -41,6 +41,7 @@ sources:
     type: segment
     write_keys: [wk-test]
     cors: {{origins: ["*"]}}
+    {seg_extra}
 targets:
   statsig: {{type: statsig, server_secret: "{DOWNSTREAM_KEY}", url: "{downstream.log_event_url}",
             linger: 0s, timeout: 5s}}
@@ -115,6 +116,13 @@ async def test_preflight_from_an_allowed_origin_gets_204_with_what_the_sdks_send
             assert name in allowed
         assert headers["Access-Control-Max-Age"] == "600"
         assert "Origin" in headers["Vary"]
+
+        status, headers, _ = await request(
+            "OPTIONS",
+            rgstr_url(relay),
+            headers={"Origin": PAGE, "Access-Control-Request-Private-Network": "true"},
+        )
+        assert status == 204 and headers["Access-Control-Allow-Private-Network"] == "true"
 
         wildcard = "https://eu.shop.example"
         status, headers, _ = await request(
@@ -305,7 +313,7 @@ async def test_more_events_than_max_events_is_413_and_nothing_is_kept(
     relay_factory: RelayFactory,
 ) -> None:
     async with FakeStatsig(DOWNSTREAM_KEY) as downstream:
-        relay = await relay_factory(relay_config(downstream, "max_events: 2"))
+        relay = await relay_factory(relay_config(downstream, "max_events: 2", "max_events: 2"))
         body = orjson.dumps(rgstr_body("a", "b", "c"))
         status, headers, answer = await request("POST", rgstr_url(relay), body, {"Origin": PAGE})
         assert status == 413 and "at most 2" in answer["error"]
@@ -316,6 +324,11 @@ async def test_more_events_than_max_events_is_413_and_nothing_is_kept(
         assert refused == 1
         status, _, _ = await request("POST", rgstr_url(relay), orjson.dumps(rgstr_body("a", "b")))
         assert status == 202
+        # Messages a source drops count too: three Segment identify calls in one batch.
+        identify = {"type": "identify", "userId": "u1", "traits": {"plan": "pro"}}
+        batch = orjson.dumps({"batch": [identify] * 3, "writeKey": "wk-test"})
+        status, _, _ = await request("POST", public_url(relay, "/segment/v1/b"), batch)
+        assert status == 413
 
 
 async def test_events_outside_the_allow_list_are_dropped_and_counted(
