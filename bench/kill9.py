@@ -140,6 +140,7 @@ async def main(args: argparse.Namespace) -> int:
                 "secret": secret,
                 "webhook_path": "/webhooks/statsig",
                 "sink_url": f"http://127.0.0.1:{sink_port}/ingest",
+                "synchronous": "full",  # fsync every commit: what an acknowledgement promises
             },
         )
     )
