@@ -24,7 +24,8 @@ import orjson
 
 from .events import EXPOSURE_CATEGORIES, Event, category_of
 
-# Timestamps the raw path keeps as they are: epoch ms in 2000-01-01 .. 2100-01-01. Anything
+# Timestamps the raw path keeps as they are: epoch ms strictly between 2000-01-01 and 2100-01-01
+# (the edges go to the dict path, whichever way it treats them). Anything
 # else (seconds, µs, strings, out of range) goes to the dict path to be normalised or refused.
 MIN_MS = 946_684_800_000
 MAX_MS = 4_102_444_800_000
@@ -60,7 +61,7 @@ class _PlainView(msgspec.Struct, gc=False):
     name or time rules it out of the raw path; exposure keys are checked after."""
 
     eventName: Annotated[str, msgspec.Meta(min_length=1)]
-    timestamp: Annotated[int, msgspec.Meta(ge=MIN_MS, le=MAX_MS)]
+    timestamp: Annotated[int, msgspec.Meta(gt=MIN_MS, lt=MAX_MS)]
     metadata: _Exposure | None = None
 
 
@@ -224,7 +225,7 @@ def _exposure_keys_in_place(meta: _Exposure | None) -> bool:
 def _as_is(view: _View, exposures: frozenset[str]) -> bool:
     """Whether the source's normalisation would leave the event as it is (the same test as
     the dict path's shortcut in relay/sources/statsig_webhook.py) and its time is in range."""
-    if not view.eventName or not MIN_MS <= view.timestamp <= MAX_MS:
+    if not view.eventName or not MIN_MS < view.timestamp < MAX_MS:
         return False
     return view.eventName not in exposures or _exposure_keys_in_place(view.metadata)
 

@@ -48,7 +48,7 @@ def _timestamp(rng: random.Random, plain: bool) -> Any:
         return None  # dropped below: the receive time
     if roll < 0.95:
         return True  # not a time: rejected
-    return rng.choice([MIN_MS - 1, MAX_MS + 1, 1, 10**18])  # out of the raw path's range
+    return rng.choice([MIN_MS - 1, MIN_MS, MAX_MS, MAX_MS + 1, 1, 10**18])  # at or out of range
 
 
 def _user(rng: random.Random) -> dict[str, Any]:
