@@ -1,0 +1,159 @@
+"""README's Caddy example, for real: the relay under /t/ on the app's own origin.
+
+The Caddyfile block is read from README.md, with the example host and ports swapped for
+loopback ones, and run by Debian's ``caddy`` (tests/run.sh installs it). Behind it: the page
+server of the browser tests (the app) and a relay whose sources have no ``cors`` at all, since
+the page and /t/ share one origin, and which trusts Caddy's X-Forwarded-For.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import orjson
+import pytest
+from playwright.async_api import Browser
+
+from tests.browser import browser  # noqa: F401  (the fixture)
+from tests.conftest import RelayFactory
+from tests.daemon import free_port
+from tests.fake_statsig import FakeStatsig
+from tests.fakes import poll_until
+from tests.npm import js_packages  # noqa: F401  (the fixture)
+from tests.test_browser_sdks import CLIENT_KEY, DOWNSTREAM_KEY, PageServer, by_name
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+pytestmark = pytest.mark.usefixtures("js_packages")
+
+
+def readme_caddyfile(site: str, relay_port: int, app_port: int) -> str:
+    """README's Caddyfile block on loopback addresses, without Caddy's admin API."""
+    block = re.search(r"```caddyfile\n(.*?)```", README.read_text(), re.S)
+    assert block, "README.md has no ```caddyfile block"
+    text = block.group(1)
+    assert "app.example.com" in text and "127.0.0.1:8080" in text and "127.0.0.1:3000" in text
+    text = text.replace("app.example.com", site)
+    text = text.replace("127.0.0.1:8080", f"127.0.0.1:{relay_port}")
+    text = text.replace("127.0.0.1:3000", f"127.0.0.1:{app_port}")
+    return "{\n    admin off\n}\n" + text
+
+
+async def accepting(port: int) -> bool:
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return False
+    writer.close()
+    await writer.wait_closed()
+    return True
+
+
+@pytest.fixture
+async def app() -> AsyncIterator[PageServer]:
+    server = PageServer()
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+async def start_caddy(caddyfile: str, tmp_path: Path) -> asyncio.subprocess.Process:
+    path = tmp_path / "Caddyfile"
+    path.write_text(caddyfile)
+    caddy = shutil.which("caddy")
+    assert caddy, "caddy is not installed: tests/run.sh installs Debian's caddy"
+    env = {"HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path)}
+    return await asyncio.create_subprocess_exec(
+        caddy,
+        "run",
+        "--config",
+        str(path),
+        "--adapter",
+        "caddyfile",
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def test_the_readme_caddy_example_serves_the_relay_under_t_on_the_apps_origin(
+    browser: Browser,  # noqa: F811
+    app: PageServer,
+    relay_factory: RelayFactory,
+    tmp_path: Path,
+) -> None:
+    async with FakeStatsig(DOWNSTREAM_KEY) as downstream:
+        relay = await relay_factory(
+            f"""
+sources:
+  web: {{type: statsig_events, api_keys: ["{CLIENT_KEY}"], user_ip: true}}
+targets:
+  statsig: {{type: statsig, server_secret: "{DOWNSTREAM_KEY}", url: "{downstream.log_event_url}",
+            linger: 0s, timeout: 5s}}
+routes:
+  - {{name: web-to-statsig, from: web, to: statsig,
+     filter: {{exclude_categories: [statsig_internal]}}}}
+""",
+            server="trusted_proxies: [127.0.0.1/32]",
+        )
+        port = free_port()
+        origin = f"http://127.0.0.1:{port}"
+        caddy = await start_caddy(readme_caddyfile(origin, relay.public_port, app.port), tmp_path)
+        try:
+            await poll_until(
+                lambda: caddy.returncode is not None or accepting(port), 20.0, message="no caddy"
+            )
+            assert caddy.returncode is None, (await caddy.communicate())[1].decode()[-2000:]
+
+            # The page and the relay share one origin: no CORS anywhere.
+            page = await (await browser.new_context()).new_page()
+            await page.goto(f"{origin}/")
+            started = int(time.time() * 1000)
+            await page.evaluate(
+                """async (key) => {
+                    const client = new window.Statsig.StatsigClient(key, {userID: 'u-caddy'}, {
+                        networkConfig: {
+                            logEventUrl: `${location.origin}/t/statsig/v1/rgstr`,
+                            initializeUrl: `${location.origin}/v1/initialize`}});
+                    await client.initializeAsync();
+                    client.logEvent('checkout', 7, {via: 'caddy'});
+                    await client.flush();
+                }""",
+                CLIENT_KEY,
+            )
+            await downstream.wait_for(lambda: by_name(downstream, "checkout"))
+            (checkout,) = by_name(downstream, "checkout")
+            assert checkout["user"]["userID"] == "u-caddy"
+            assert checkout["user"]["ip"] == "127.0.0.1"
+            assert checkout["metadata"] == {"via": "caddy"}
+            assert checkout["time"] >= started
+
+            # A client at 127.0.0.2 that forges X-Forwarded-For: Caddy puts the real address
+            # in its place, and the relay believes Caddy (a trusted proxy), not the client.
+            body = orjson.dumps(
+                {"events": [{"eventName": "forged", "user": {"userID": "u2"}, "time": started}]}
+            )
+            connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+            async with (
+                aiohttp.ClientSession(connector=connector) as session,
+                session.post(
+                    f"{origin}/t/statsig/v1/rgstr?k={CLIENT_KEY}",
+                    data=body,
+                    headers={"X-Forwarded-For": "203.0.113.66", "Content-Type": "text/plain"},
+                ) as response,
+            ):
+                assert response.status == 202
+            await downstream.wait_for(lambda: by_name(downstream, "forged"))
+            assert by_name(downstream, "forged")[0]["user"]["ip"] == "127.0.0.2"
+            assert downstream.failures == []
+        finally:
+            if caddy.returncode is None:
+                caddy.terminate()
+            await caddy.communicate()
