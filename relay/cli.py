@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING
 import orjson
 
 from . import __version__
-from .config import Config, SpoolSection, load_config, load_spool_section
+from .config import (
+    Config,
+    SpoolSection,
+    load_config,
+    load_server_section,
+    load_spool_section,
+)
 from .logs import setup_logging
 from .schema import ConfigError
 
@@ -270,7 +276,7 @@ def _status(args: argparse.Namespace) -> int:
 
     base = args.url
     if base is None and args.config:
-        host, port = split_host_port(load_config(args.config).server.admin_listen)
+        host, port = split_host_port(load_server_section(args.config).admin_listen)
         host = "127.0.0.1" if host in ("0.0.0.0", "") else host
         base = f"http://{host}:{port}"
     url = (base or "http://127.0.0.1:9102").rstrip("/") + "/status.json"

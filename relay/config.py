@@ -154,18 +154,32 @@ def load_spool_section(
 ) -> SpoolSection:
     """Only the ``spool:`` section, expanded and validated: an unset secret elsewhere in the
     file (a source's signing secret) must not stop an operator from reading the DLQ."""
-    try:
-        raw = yaml.safe_load(_read(path))
-    except yaml.YAMLError as exc:
-        raise ConfigError("", f"{path} is not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError("", "the config must be a YAML mapping with sources, targets, routes")
+    raw = _load_raw(path)
     spool_raw = expand(raw.get("spool"), os.environ if env is None else env, "spool")
     targets = raw.get("targets")
     return SpoolSection(
         spool=spool_config(spool_raw, "spool"),
         target_names=[str(name) for name in targets] if isinstance(targets, dict) else [],
     )
+
+
+def load_server_section(
+    path: str | os.PathLike[str], env: Mapping[str, str] | None = None
+) -> ServerConfig:
+    """Only the ``server:`` section (``statsig-relay status -c`` needs the admin address)."""
+    raw = _load_raw(path)
+    server_raw = expand(raw.get("server"), os.environ if env is None else env, "server")
+    return build(ServerConfig, server_raw, "server")
+
+
+def _load_raw(path: str | os.PathLike[str]) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(_read(path))
+    except yaml.YAMLError as exc:
+        raise ConfigError("", f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError("", "the config must be a YAML mapping with sources, targets, routes")
+    return raw
 
 
 def _read(path: str | os.PathLike[str]) -> str:

@@ -12,12 +12,18 @@ import orjson
 import pytest
 
 from relay.cli import main
-from relay.dlq import Pacer
+from relay.dlq import DeadFilter, DlqError, Pacer, purge, replay, select
 from relay.spool.base import DeadRow
 from relay.spool.sqlite import SqliteSpool, SqliteSpoolConfig
 from tests.conftest import RelayFactory, post_export
 from tests.daemon import REPO_ROOT, free_port
 from tests.fakes import FakeTargetFactory, poll_until
+from tests.test_spool_contract import (  # noqa: F401  (fixtures)
+    SpoolFactory,
+    make_spool,
+    redis_spools,
+    redis_url,
+)
 
 DAY_MS = 86_400_000
 T0 = 1_780_000_000_000  # 2026-05-28T20:26:40Z
@@ -307,3 +313,40 @@ routes: [{{name: a, from: hook, to: flaky}}, {{name: b, from: hook, to: strict}}
     attempts = {r.target: r.attempts for r in await relay.spool.dead_rows()}
     assert attempts == {"flaky": 2, "strict": 1}
     assert len(fake.requests) == 2 and len(bad.requests) == 1
+
+
+async def test_event_selection_splits_rows_the_same_on_every_backend(
+    make_spool: SpoolFactory,  # noqa: F811  (the fixture)
+) -> None:
+    spool = await make_spool()
+    await spool.settle(
+        (),
+        (),
+        [
+            dead("out", "all", ("purchase", "page_view", "purchase"), "HTTP 400: bad", T0),
+            dead("out", "all", ("page_view",), "HTTP 400: bad", T0),
+        ],
+    )
+    [mixed, alone] = await spool.dead_rows()
+    chosen = await select(spool, DeadFilter(event="page_*"), ["out"])
+    assert [(s.row.id, len(s.taken), len(s.rest)) for s in chosen] == [
+        (mixed.id, 1, 2),
+        (alone.id, 1, 0),
+    ]
+    assert await replay(spool, chosen) == 2
+    [rest] = await spool.dead_rows()
+    assert rest.id not in (mixed.id, alone.id) and int(rest.id) > int(alone.id)
+    assert [e["eventName"] for e in orjson.loads(rest.body)] == ["purchase", "purchase"]
+    assert (rest.count, rest.reason, rest.attempts) == (2, "HTTP 400: bad", 1)
+    queued = await spool.claim("out", 100, 10**9, 30)
+    assert sorted(e["eventName"] for r in queued for e in orjson.loads(r.body)) == [
+        "page_view",
+        "page_view",
+    ]
+    assert (await spool.stats()).dead["out"].events == 2
+
+    taken = await select(spool, DeadFilter(reason="HTTP 4*", since_ms=T0 - 1), ["out"])
+    assert await purge(spool, taken) == 2
+    assert await spool.dead_rows() == []
+    with pytest.raises(DlqError, match="no dead-letter row with id 1"):
+        await select(spool, DeadFilter(ids=("1",)), ["out"])

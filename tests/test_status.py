@@ -3,7 +3,9 @@ and `statsig-relay status` against a running relay."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +18,7 @@ from relay.app import Relay
 from relay.status import CounterRing
 from relay.statuspage import REFRESH_SECONDS
 from tests.browser import browser  # noqa: F401  (the fixture)
-from tests.conftest import RelayFactory, admin_url, get, post_export
+from tests.conftest import RelayFactory, admin_url, get, post_export, relay_yaml
 from tests.daemon import REPO_ROOT
 from tests.fakes import Answer, FakeTargetFactory, RecordedRequest, poll_until
 
@@ -173,14 +175,22 @@ async def test_status_command_prints_the_table_from_a_running_relay(
     assert any(line.startswith("spool (sqlite): ") for line in lines)
     assert TOKEN not in result.stdout
 
+    # -c reads only server.admin_listen: an unset secret elsewhere does not matter.
+    config = tmp_path / "relay.yaml"
+    config.write_text(
+        f"server: {{admin_listen: '127.0.0.1:{relay.admin_port}'}}\n"
+        "sources: {hook: {type: statsig_webhook, signing_secret: '${NEVER_SET}'}}\n"
+    )
+    by_config = await _cli("status", "-c", str(config))
+    assert by_config.returncode == 0, by_config.stderr
+    assert by_config.stdout.splitlines()[2:7] == lines[2:7]  # the same relay's sources, routes
+
     gone = await _cli("status", "--url", "http://127.0.0.1:9")
     assert gone.returncode == 1 and "cannot read http://127.0.0.1:9/status.json" in gone.stderr
 
 
 async def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     """The CLI as a process, run in a thread: the relay it talks to lives in this loop."""
-    import asyncio
-
     return await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-m", "relay", *args],
@@ -189,3 +199,53 @@ async def _cli(*args: str) -> subprocess.CompletedProcess[str]:
         cwd=REPO_ROOT,
         timeout=30,
     )
+
+
+async def test_status_shows_the_config_file_and_the_last_reload_result(
+    relay_factory: RelayFactory, fake_targets: FakeTargetFactory, tmp_path: Path
+) -> None:
+    relay = await status_relay(relay_factory, fake_targets, tmp_path)
+    good = tmp_path / "relay.yaml"
+    good.write_text(
+        relay_yaml("sources: {hook: {type: statsig_webhook}}\ntargets: {}\nroutes: []\n", tmp_path)
+    )
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(good.read_text().replace("targets: {}", "targets: {t: {type: file}}"))
+    assert not await relay.reload(str(bad))
+    doc = await status_json(relay)
+    assert doc["config"]["path"] == ""  # still the config it started with
+    assert doc["config"]["last_reload"]["result"] == "error"
+    assert "targets.t.path" in doc["config"]["last_reload"]["error"]
+    assert await relay.reload(str(good))
+    doc = await status_json(relay)
+    assert doc["config"]["path"] == str(good) and doc["config"]["last_reload"]["result"] == "ok"
+    assert list(doc["targets"]) == [] and list(doc["routes"]) == []
+    _, page = await get(admin_url(relay, "/status"))
+    assert f"config {good}; last reload: ok at " in page
+
+
+async def test_status_watch_refreshes_until_interrupted(
+    relay_factory: RelayFactory, fake_targets: FakeTargetFactory, tmp_path: Path
+) -> None:
+    relay = await status_relay(relay_factory, fake_targets, tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "relay", "status", "--watch", "0.1", "--url", admin_url(relay, "")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=REPO_ROOT,
+    )
+    seen = bytearray()
+
+    def read_screens() -> None:
+        assert proc.stdout is not None
+        while seen.count(b"\x1b[2J") < 3 and (chunk := proc.stdout.read1(4096)):
+            seen.extend(chunk)
+
+    try:
+        await asyncio.wait_for(asyncio.to_thread(read_screens), timeout=30)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = await asyncio.to_thread(proc.wait, 30)
+    screens = seen.decode().split("\x1b[H\x1b[2J")[1:]
+    assert len(screens) >= 3 and all("READY" in s and "archive" in s for s in screens[:3])
+    assert code == 0
