@@ -43,6 +43,7 @@ def relay_cli(
 
 def test_there_is_one_example_per_use_case() -> None:
     assert [p.name for p in EXAMPLES] == [
+        "browser-first-party.yaml",
         "config-changes-to-chronosphere.yaml",
         "segment-to-statsig.yaml",
         "statsig-sdk-proxy.yaml",
