@@ -33,7 +33,6 @@ from .targets.base import Batch, Outcome, Target, Verdict
 
 logger = logging.getLogger(__name__)
 
-LEASE_SECONDS = 120.0
 POLL_SECONDS = 1.0  # fallback poll for rows made due by time (retries) or by other processes
 IN_PROCESS_WAIT_CAP = 10.0  # longer Retry-After waits go back to the spool instead
 
@@ -57,9 +56,9 @@ class Deliverer:
         self.spool = spool
         self.name = target.name
         self.config = target.config
-        # A spool may set its own claim lease (the Redis spool's `lease:`): replicas take over
-        # a dead replica's rows after it.
-        self._lease = float(getattr(getattr(spool, "config", None), "lease", LEASE_SECONDS))
+        # The claim lease (the Redis spool's `lease:`): replicas take over a dead replica's rows
+        # after it; a live send renews it, so it is never taken over while it runs.
+        self._lease = spool.lease_s
         self._slots = asyncio.Semaphore(self.config.concurrency)
         self._inflight: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
@@ -74,6 +73,7 @@ class Deliverer:
         self._m_latency = m.delivery_latency.labels(self.name)
         self._m_batch = m.batch_size.labels(self.name)
         self._m_failing = m.target_failing.labels(self.name)
+        self._m_lease_lost = m.leases_lost.labels(self.name)
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -175,6 +175,36 @@ class Deliverer:
 
     # -- one claimed batch -----------------------------------------------------------------
     async def _deliver(self, rows: list[SpoolRow]) -> None:
+        renewing = asyncio.create_task(self._renew_leases(rows))
+        try:
+            await self._deliver_claimed(rows)
+        finally:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
+
+    async def _renew_leases(self, rows: list[SpoolRow]) -> None:
+        """Keep the claim while the batch is sent (with its in-process retries): renew at a
+        third of the lease, so one late renewal still lands before it runs out."""
+        interval = self._lease / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                renewed = await self.spool.renew(rows, self._lease)
+            except Exception as exc:
+                logger.warning("target %s: renewing a claim failed: %s", self.name, exc)
+                continue
+            if renewed < len(rows):
+                lost = len(rows) - renewed
+                self._m_lease_lost.inc(lost)
+                logger.warning(
+                    "target %s: the claim on %d rows ran out before it was renewed; another "
+                    "replica may deliver them too",
+                    self.name,
+                    lost,
+                )
+
+    async def _deliver_claimed(self, rows: list[SpoolRow]) -> None:
         batch = Batch(
             [r.body for r in rows], sum(r.count for r in rows), counts=[r.count for r in rows]
         )

@@ -112,6 +112,13 @@ class RelayMetrics:
             ["target"],
             registry=r,
         )
+        self.leases_lost = Counter(
+            "relay_spool_leases_lost",
+            "Claimed rows whose lease ran out before the deliverer renewed it (another replica "
+            "may deliver them too)",
+            ["target"],
+            registry=r,
+        )
         self.fields_trimmed = Counter(
             "relay_target_fields_trimmed",
             "Events whose field a target trimmed to fit the service's documented limits",

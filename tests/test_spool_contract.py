@@ -218,6 +218,28 @@ async def test_a_leased_row_is_claimed_again_only_after_its_lease_runs_out(spool
     assert await spool.claim("t", 10, BIG, 0.3) == []
 
 
+async def test_a_renewed_lease_holds_the_row_and_a_lapsed_one_is_not_renewed(
+    spool: Spool,
+) -> None:
+    await spool.enqueue([new_row("a")])
+    rows = await spool.claim("t", 10, BIG, 0.4)
+    started = time.monotonic()
+    # Renew a few times past the first lease: nobody can claim the row meanwhile.
+    while time.monotonic() - started < 1.0:
+        assert await spool.renew(rows, 0.4) == 1
+        assert await spool.claim("t", 10, BIG, 30) == []
+        await asyncio.sleep(0.1)
+
+    # Stop renewing: the row is taken over once the lease runs out, and the old claim's
+    # renewal no longer takes it back.
+    again = await claim_when_due(spool)
+    assert [r.id for r in again] == [rows[0].id]
+    assert await spool.renew(rows, 30) == 0
+    assert await spool.renew(again, 30) == 1
+    await spool.ack(again)
+    assert await spool.renew(again, 30) == 0  # settled rows are not renewed
+
+
 async def test_retry_counts_an_attempt_and_hides_the_row_until_next_attempt(spool: Spool) -> None:
     await spool.enqueue([new_row("a")])
     rows = await spool.claim("t", 10, BIG, 30)

@@ -96,6 +96,8 @@ class SpoolRow:
     count: int
     first_received_ms: int
     attempts: int
+    # Epoch ms the claim holds the row until; renew() extends it only while it is still ours.
+    lease_until_ms: int = 0
 
 
 @dataclass(slots=True)
@@ -129,6 +131,10 @@ class SpoolStats:
 
 class Spool(ABC):
     """The interface the router, the deliverers and the DLQ commands use."""
+
+    # How long a claim holds its rows unless renewed. A deliverer renews the lease of a batch
+    # while it is being sent, so a slow send is never taken over and sent twice.
+    lease_s: float = 120.0
 
     def __init__(self) -> None:
         self._wakeups: dict[str, asyncio.Event] = {}
@@ -164,6 +170,13 @@ class Spool(ABC):
         self, target: str, max_events: int, max_bytes: int, lease_s: float
     ) -> list[SpoolRow]:
         """Lease due rows of ``target`` in receive order, up to the limits (at least one row)."""
+
+    @abstractmethod
+    async def renew(self, rows: Sequence[SpoolRow], lease_s: float) -> int:
+        """Extend the lease of claimed rows that are still held by this claim (their
+        ``lease_until_ms`` unchanged in the store); update those rows' ``lease_until_ms`` and
+        return how many were renewed. A row whose lease ran out and was claimed again, or that
+        was settled meanwhile, is left alone."""
 
     @abstractmethod
     async def ack(self, rows: Sequence[SpoolRow]) -> None:

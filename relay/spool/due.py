@@ -115,6 +115,16 @@ class DueIndex:
             heapq.heappush(self._leases, (lease_until, seq, row))
         return picked
 
+    def renew(self, row_id: int, held_until: int, lease_until: int) -> bool:
+        """Extend a live lease that still ends at ``held_until`` (the claimer's token)."""
+        row = self.rows.get(row_id)
+        if row is None or not row.lease_until or row.lease_until != held_until:
+            return False
+        row.lease_until = lease_until
+        row.entry = seq = next(self._seq)  # the old lease entry is skipped when it comes up
+        heapq.heappush(self._leases, (lease_until, seq, row))
+        return True
+
     def _expire_leases(self, now: int) -> None:
         leases = self._leases
         while leases and leases[0][0] <= now:

@@ -230,6 +230,23 @@ end
 return out
 """
 
+# ARGV: prefix, lease_until, triples of (target, id, held_until) → one 1/0 per triple.
+# A row is still this claim's while its wait score is the lease the claim set.
+_RENEW = """
+local out = {}
+for i = 3, #ARGV, 3 do
+  local wait = p..':wait:'..ARGV[i]
+  local held = redis.call('ZSCORE', wait, ARGV[i+1])
+  if held and tonumber(held) == tonumber(ARGV[i+2]) then
+    redis.call('ZADD', wait, 'XX', ARGV[2], ARGV[i+1])
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+end
+return out
+"""
+
 # ARGV: prefix, next_at, error, pairs of (target, id)
 _RETRY = """
 for i = 4, #ARGV, 2 do
@@ -371,6 +388,7 @@ class RedisSpool(Spool):
     def __init__(self, config: RedisSpoolConfig) -> None:
         super().__init__()
         self.config = config
+        self.lease_s = float(config.lease)
         self._prefix = config.prefix
         self._client: Any = None
         self._scripts: dict[str, Any] = {}
@@ -396,6 +414,7 @@ class RedisSpool(Spool):
         sources = {
             "enqueue": _ENQUEUE,
             "claim": _CLAIM,
+            "renew": _RENEW,
             "retry": _RETRY,
             "settle": _SETTLE,
             "replay": _REPLAY,
@@ -484,9 +503,9 @@ class RedisSpool(Spool):
         self, target: str, max_events: int, max_bytes: int, lease_s: float
     ) -> list[SpoolRow]:
         scan = max(1, min(_CLAIM_SCAN, max_events))
-        flat = await self._call(
-            "claim", target, now_ms(), int(lease_s * 1000), max_events, max_bytes, scan
-        )
+        now = now_ms()
+        lease_ms = int(lease_s * 1000)
+        flat = await self._call("claim", target, now, lease_ms, max_events, max_bytes, scan)
         return [
             SpoolRow(
                 int(flat[i]),
@@ -496,9 +515,25 @@ class RedisSpool(Spool):
                 int(flat[i + 3]),
                 int(flat[i + 4]),
                 int(flat[i + 5]),
+                now + lease_ms,
             )
             for i in range(0, len(flat), 6)
         ]
+
+    async def renew(self, rows: Sequence[SpoolRow], lease_s: float) -> int:
+        if not rows:
+            return 0
+        lease_until = now_ms() + int(lease_s * 1000)
+        args: list[Any] = []
+        for row in rows:
+            args.extend((row.target, row.id, row.lease_until_ms))
+        flags = await self._call("renew", lease_until, *args)
+        renewed = 0
+        for row, flag in zip(rows, flags, strict=True):
+            if int(flag):
+                row.lease_until_ms = lease_until
+                renewed += 1
+        return renewed
 
     async def ack(self, rows: Sequence[SpoolRow]) -> None:
         await self.settle(rows, (), ())

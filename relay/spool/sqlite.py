@@ -391,9 +391,19 @@ class SqliteSpool(Spool):
                     row.count,
                     row.first_received,
                     row.attempts,
+                    row.lease_until,
                 )
             )
         return claimed
+
+    async def renew(self, rows: Sequence[SpoolRow], lease_s: float) -> int:
+        lease_until = now_ms() + int(lease_s * 1000)
+        renewed = 0
+        for row in rows:
+            if self._due.renew(int(row.id), row.lease_until_ms, lease_until):
+                row.lease_until_ms = lease_until
+                renewed += 1
+        return renewed
 
     def _read_bodies(self, ids: list[int]) -> dict[int, bytes]:
         found: dict[int, bytes] = {}
