@@ -101,7 +101,7 @@ class Relay:
         self.started_at = time.time()
         self.last_reload: dict[str, Any] | None = None  # {"result", "at", "error"}
         self.counter_ring = CounterRing(interval=STATS_INTERVAL)  # "last minute" on /status
-        self.redact = _redactor(config)
+        self.redact = Redactor.of(config)
 
     # -- assembling ------------------------------------------------------------------------
     def _pipeline(self, config: Config, targets: dict[str, Target]) -> Pipeline:
@@ -260,7 +260,7 @@ class Relay:
             if name not in self.deliverers:
                 self._start_deliverer(target)
         self.config = new
-        self.redact = _redactor(new)
+        self.redact = Redactor.of(new)
         self.metrics.config_reloads.labels("ok").inc()
         self.last_reload = {"result": "ok", "at": _iso_now(), "error": ""}
         logger.info(
@@ -389,7 +389,7 @@ class Relay:
                     backoff_s=deliverer.backoff_s(now) if deliverer else 0.0,
                 )
             )
-        limit = int(getattr(self.config.spool, "max_size", 0))
+        limit = int(self.config.spool.max_size)
         ok, detail = self.readiness()
         return document(
             version=__version__,
@@ -411,10 +411,6 @@ class Relay:
             base=self.counter_ring.base(now),
             redact=self.redact,
         )
-
-
-def _redactor(config: Config) -> Redactor:
-    return Redactor([config.spool, *config.sources.values(), *config.targets.values()])
 
 
 def _iso_now() -> str:

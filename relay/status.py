@@ -8,21 +8,27 @@ our credential back never puts it on the page.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry
+
+if TYPE_CHECKING:
+    from .config import Config
 
 # Counters the status page reads (sample names as exported).
 COUNTERS = (
     "relay_requests_total",
     "relay_events_received_total",
     "relay_events_rejected_total",
+    "relay_requests_refused_total",
     "relay_events_routed_total",
     "relay_events_filtered_total",
     "relay_events_dropped_total",
@@ -69,6 +75,11 @@ class Redactor:
     _SECRET_FIELD = re.compile(r"secret|key|token|password|headers|authorization", re.I)
     _NOT_SECRET = re.compile(r"^dedup|_header$|^header$")
 
+    @classmethod
+    def of(cls, config: Config) -> Redactor:
+        """For everything a relay config holds: spool, sources, targets."""
+        return cls([config.spool, *config.sources.values(), *config.targets.values()])
+
     def __init__(self, configs: Iterable[Any]) -> None:
         found: set[str] = set()
         for config in configs:
@@ -84,6 +95,9 @@ class Redactor:
                 self._collect(value, found)
             elif self._SECRET_FIELD.search(f.name) and not self._NOT_SECRET.search(f.name):
                 found.update(_strings(value))
+            elif f.name == "url" and isinstance(value, str):
+                with contextlib.suppress(ValueError):  # a password in redis://:pw@host
+                    found.add(urlsplit(value).password or "")
 
     def __call__(self, text: str) -> str:
         for value in self._values:
@@ -161,6 +175,7 @@ def document(
             "events_total": int(total("relay_events_received_total", source=name)),
             "rejected_last_minute": int(recent("relay_events_rejected_total", source=name)),
             "rejected": by("relay_events_rejected_total", "reason", source=name),
+            "refused_requests": by("relay_requests_refused_total", "reason", source=name),
         }
         for name, kind in sources.items()
     }

@@ -113,7 +113,12 @@ def tables(doc: dict[str, Any]) -> tuple[Table, Table, Table]:
             s["events_last_minute"],
             s["events_total"],
             s["rejected_last_minute"],
-            _reasons(s["rejected"]),
+            _reasons(s["rejected"])
+            + (
+                f"; requests refused: {_reasons(s['refused_requests'])}"
+                if s["refused_requests"]
+                else ""
+            ),
         ]
         for name, s in doc["sources"].items()
     ]

@@ -145,7 +145,7 @@ async def relay_and_prometheus(
     config = f"""
 server: {{listen: "127.0.0.1:{port}", admin_listen: "127.0.0.1:{admin}", shutdown_grace: 2s}}
 spool: {{path: ./data/spool.db}}
-sources: {{hook: {{type: statsig_webhook}}}}
+sources: {{hook: {{type: statsig_webhook, max_events: 5}}}}
 targets:
   archive: {{type: file, path: ./data/archive.jsonl, linger: 0s}}
   crm: {{type: webhook, url: "{refuses.url}/in", linger: 0s}}
@@ -187,10 +187,11 @@ async def test_a_real_prometheus_finds_every_metric_the_dashboard_and_alerts_nam
     await poll_until(scraped_up, timeout=30, message=prometheus.log_tail)
 
     # Traffic that makes every labelled series exist: delivered, filtered, dropped by dedup,
-    # rejected, dead-lettered; and a reload.
+    # rejected, refused (max_events), dead-lettered; and a reload.
     assert await send(port, [event("page_view", "a1"), event("purchase", "p1")]) == 200
     assert await send(port, [event("page_view", "a1")]) == 200  # dedup drops it
     assert await send(port, b"{not json") == 400
+    assert await send(port, [event("page_view", f"x{i}") for i in range(6)]) == 413
     os.kill(daemon.pid, signal.SIGHUP)  # type: ignore[arg-type]
 
     missing: set[str] = set()

@@ -15,7 +15,8 @@ import orjson
 from playwright.async_api import Browser
 
 from relay.app import Relay
-from relay.status import CounterRing
+from relay.config import parse_config
+from relay.status import CounterRing, Redactor
 from relay.statuspage import REFRESH_SECONDS
 from tests.browser import browser  # noqa: F401  (the fixture)
 from tests.conftest import RelayFactory, admin_url, get, post_export, relay_yaml
@@ -44,7 +45,7 @@ async def status_relay(
 ) -> Relay:
     sick = await fake_targets(default=echo_credential)
     return await relay_factory(f"""
-sources: {{hook: {{type: statsig_webhook}}}}
+sources: {{hook: {{type: statsig_webhook, max_events: 10}}}}
 targets:
   archive: {{type: file, path: "{tmp_path}/archive.jsonl", linger: 0s}}
   crm: {{type: webhook, url: "{sick.url}/in", linger: 0s, retries_in_process: 1,
@@ -68,6 +69,7 @@ async def test_status_json_has_sources_routes_targets_and_spool_without_secrets(
     assert await post_export(relay, export(3, "a")) == 200
     assert await post_export(relay, export(2, "b")) == 200
     assert await post_export(relay, b"{not json") == 400
+    assert await post_export(relay, export(11, "z")) == 413
 
     async def crm_has_failed() -> bool:
         return (await status_json(relay))["targets"]["crm"]["last_error"] != ""
@@ -75,8 +77,10 @@ async def test_status_json_has_sources_routes_targets_and_spool_without_secrets(
     await poll_until(crm_has_failed)
     doc = await status_json(relay)
     hook = doc["sources"]["hook"]
-    assert (hook["requests_last_minute"], hook["events_last_minute"]) == (3, 5)
-    assert (hook["rejected_last_minute"], hook["rejected"]) == (1, {"malformed": 1})
+    assert (hook["requests_last_minute"], hook["events_last_minute"]) == (4, 5)
+    assert hook["rejected"] == {"malformed": 1, "too_many_events": 1}
+    assert hook["rejected_last_minute"] == 2
+    assert hook["refused_requests"] == {"too_many_events": 1}
     assert doc["routes"]["purchases"] | {"dropped": {}} == {
         "from": ["hook"],
         "to": "crm",
@@ -97,6 +101,28 @@ async def test_status_json_has_sources_routes_targets_and_spool_without_secrets(
     assert TOKEN not in orjson.dumps(doc).decode()
     _, readyz = await get(admin_url(relay, "/readyz"))
     assert TOKEN not in readyz
+
+
+def test_the_redactor_hides_every_configured_secret_and_nothing_else() -> None:
+    config = parse_config(
+        f"""
+spool: {{backend: redis, url: "redis://:redis-pw-1234@127.0.0.1:6379/0"}}
+sources:
+  hook: {{type: statsig_webhook, signing_secrets: [whsig-one, whsig-two]}}
+  web: {{type: segment, write_key: seg-write-key, dedup_window: 1h}}
+targets:
+  out: {{type: webhook, url: "https://h.example.com/x", headers: {{X-Token: {TOKEN}}}}}
+  st: {{type: statsig, server_secret: secret-abcdef}}
+routes: [{{name: r, from: hook, to: out}}]
+""",
+        {},
+    )
+    redact = Redactor.of(config)
+    text = (
+        f"whsig-two whsig-one seg-write-key {TOKEN} secret-abcdef redis-pw-1234 "
+        "h.example.com statsig_webhook"
+    )
+    assert redact(text) == "[redacted] " * 6 + "h.example.com statsig_webhook"
 
 
 def test_last_minute_is_measured_against_the_oldest_snapshot_in_the_window() -> None:
