@@ -394,3 +394,19 @@ sources:
         "    public: cors https://app.example.com; 5 requests/s per IP (burst 20); "
         "≤100 events/request; client IP → user.ip"
     ) in table
+
+
+async def test_a_reload_applies_a_changed_origin_list(
+    relay_factory: RelayFactory, tmp_path
+) -> None:
+    async with FakeStatsig(DOWNSTREAM_KEY) as downstream:
+        text = relay_yaml(relay_config(downstream), tmp_path)
+        relay = await relay_factory(text, full=True)
+        newcomer = {"Origin": "https://new.example.org"}
+        assert (await request("OPTIONS", rgstr_url(relay), headers=newcomer))[0] == 403
+        changed = tmp_path / "relay.yaml"
+        changed.write_text(text.replace(f'"{PAGE}"', '"https://new.example.org"'))
+        assert await relay.reload(str(changed))
+        status, headers, _ = await request("OPTIONS", rgstr_url(relay), headers=newcomer)
+        assert status == 204 and headers["Access-Control-Allow-Origin"] == newcomer["Origin"]
+        assert (await request("OPTIONS", rgstr_url(relay), headers={"Origin": PAGE}))[0] == 403
