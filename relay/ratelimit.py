@@ -21,7 +21,7 @@ from .schema import ConfigError
 class RateLimitConfig:
     per_second: float  # sustained requests per second from one client IP
     burst: int = 0  # requests at once; 0: the same as per_second, at least 1
-    max_clients: int = 100_000  # IPs remembered (about 200 bytes each)
+    max_clients: int = 100_000  # IPs remembered (about 260 bytes each, key included)
 
     def __post_init__(self) -> None:
         if not self.per_second > 0:
