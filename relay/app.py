@@ -192,7 +192,7 @@ class Relay:
         self.public_port = await self._listen(stack, public, cfg.server.listen)
 
     def _start_deliverer(self, target: Target) -> None:
-        deliverer = Deliverer(target, self.spool, self.metrics)
+        deliverer = Deliverer(target, self.spool, self.metrics, lambda text: self.redact(text))
         self.deliverers[target.name] = deliverer
         deliverer.start()
 

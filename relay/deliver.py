@@ -21,7 +21,8 @@ import contextlib
 import logging
 import random
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_result, stop_after_attempt
 from tenacity.wait import wait_random_exponential
@@ -50,8 +51,17 @@ class _Result:
 class Deliverer:
     """The delivery loop of one target."""
 
-    def __init__(self, target: Target, spool: Spool, metrics: RelayMetrics) -> None:
+    def __init__(
+        self,
+        target: Target,
+        spool: Spool,
+        metrics: RelayMetrics,
+        redact: Callable[[str], str] = str,
+    ) -> None:
         self.target = target
+        # Applied to every failure reason before it is logged, kept or dead-lettered: a target
+        # may echo our credential back in its error body.
+        self._redact = redact
         target.metrics = metrics
         self.spool = spool
         self.name = target.name
@@ -270,6 +280,8 @@ class Deliverer:
         except Exception as exc:  # a bug in a target must not lose the batch
             logger.exception("target %s: send raised", self.name)
             outcome = Outcome(Verdict.RETRY, f"internal error: {type(exc).__name__}")
+        if outcome.reason and not outcome.ok:
+            outcome = replace(outcome, reason=self._redact(outcome.reason))
         self._m_requests.labels(self.name, outcome.verdict.value).inc()
         if outcome.verdict is Verdict.RETRY:
             self._m_retried.inc(batch.count)

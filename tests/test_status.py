@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from playwright.async_api import Browser
 
 from relay.app import Relay
@@ -63,7 +64,10 @@ async def status_json(relay: Relay) -> dict[str, Any]:
 
 
 async def test_status_json_has_sources_routes_targets_and_spool_without_secrets(
-    relay_factory: RelayFactory, fake_targets: FakeTargetFactory, tmp_path: Path
+    relay_factory: RelayFactory,
+    fake_targets: FakeTargetFactory,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     relay = await status_relay(relay_factory, fake_targets, tmp_path)
     assert await post_export(relay, export(3, "a")) == 200
@@ -101,6 +105,7 @@ async def test_status_json_has_sources_routes_targets_and_spool_without_secrets(
     assert TOKEN not in orjson.dumps(doc).decode()
     _, readyz = await get(admin_url(relay, "/readyz"))
     assert TOKEN not in readyz
+    assert "HTTP 500: denied [redacted]" in caplog.text and TOKEN not in caplog.text
 
 
 def test_the_redactor_hides_every_configured_secret_and_nothing_else() -> None:
