@@ -1,9 +1,9 @@
-"""README's Caddy example, for real: the relay under /t/ on the app's own origin.
+"""README's nginx and Caddy examples, for real: the relay under /t/ on the app's own origin.
 
-The Caddyfile block is read from README.md, with the example host and ports swapped for
-loopback ones, and run by Debian's ``caddy`` (tests/run.sh installs it). Behind it: the page
-server of the browser tests (the app) and a relay whose sources have no ``cors`` at all, since
-the page and /t/ share one origin, and which trusts Caddy's X-Forwarded-For.
+Each block is read from README.md, with the example host and ports swapped for loopback ones,
+and run by Debian's ``nginx`` or ``caddy`` (tests/run.sh installs them). Behind the proxy: the
+page server of the browser tests (the app) and a relay whose source has no ``cors`` at all,
+since the page and /t/ share one origin, and which trusts the proxy's X-Forwarded-For.
 """
 
 from __future__ import annotations
@@ -32,16 +32,62 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 pytestmark = pytest.mark.usefixtures("js_packages")
 
 
-def readme_caddyfile(site: str, relay_port: int, app_port: int) -> str:
-    """README's Caddyfile block on loopback addresses, without Caddy's admin API."""
-    block = re.search(r"```caddyfile\n(.*?)```", README.read_text(), re.S)
-    assert block, "README.md has no ```caddyfile block"
-    text = block.group(1)
+def readme_block(language: str) -> str:
+    block = re.search(rf"```{language}\n(.*?)```", README.read_text(), re.S)
+    assert block, f"README.md has no ```{language} block"
+    return block.group(1)
+
+
+def caddy_command(port: int, relay_port: int, app_port: int, tmp_path: Path) -> list[str]:
+    """README's Caddyfile on loopback addresses, without Caddy's admin API."""
+    text = readme_block("caddyfile")
     assert "app.example.com" in text and "127.0.0.1:8080" in text and "127.0.0.1:3000" in text
-    text = text.replace("app.example.com", site)
+    text = text.replace("app.example.com", f"http://127.0.0.1:{port}")
     text = text.replace("127.0.0.1:8080", f"127.0.0.1:{relay_port}")
     text = text.replace("127.0.0.1:3000", f"127.0.0.1:{app_port}")
-    return "{\n    admin off\n}\n" + text
+    path = tmp_path / "Caddyfile"
+    path.write_text("{\n    admin off\n}\n" + text)
+    return [tool("caddy"), "run", "--config", str(path), "--adapter", "caddyfile"]
+
+
+def nginx_command(port: int, relay_port: int, app_port: int, tmp_path: Path) -> list[str]:
+    """README's location block in a server of its own, the app at /, files in tmp_path."""
+    text = readme_block("nginx")
+    assert "127.0.0.1:8080" in text
+    location = text.replace("127.0.0.1:8080", f"127.0.0.1:{relay_port}")
+    temp = " ".join(
+        f"{kind}_temp_path {tmp_path}/{kind};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    path = tmp_path / "nginx.conf"
+    path.write_text(
+        f"""daemon off;
+pid {tmp_path}/nginx.pid;
+error_log stderr;
+events {{}}
+http {{
+    access_log off;
+    {temp}
+    server {{
+        listen 127.0.0.1:{port};
+{location}
+        location / {{
+            proxy_pass http://127.0.0.1:{app_port};
+        }}
+    }}
+}}
+"""
+    )
+    return [tool("nginx"), "-c", str(path), "-p", str(tmp_path)]
+
+
+def tool(name: str) -> str:
+    found = shutil.which(name)
+    assert found, f"{name} is not installed: tests/run.sh installs Debian's {name}"
+    return found
+
+
+PROXIES = {"caddy": caddy_command, "nginx": nginx_command}
 
 
 async def accepting(port: int) -> bool:
@@ -64,26 +110,19 @@ async def app() -> AsyncIterator[PageServer]:
         await server.close()
 
 
-async def start_caddy(caddyfile: str, tmp_path: Path) -> asyncio.subprocess.Process:
-    path = tmp_path / "Caddyfile"
-    path.write_text(caddyfile)
-    caddy = shutil.which("caddy")
-    assert caddy, "caddy is not installed: tests/run.sh installs Debian's caddy"
+async def start_proxy(command: list[str], tmp_path: Path) -> asyncio.subprocess.Process:
     env = {"HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path)}
     return await asyncio.create_subprocess_exec(
-        caddy,
-        "run",
-        "--config",
-        str(path),
-        "--adapter",
-        "caddyfile",
+        *command,
         env=env,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )
 
 
-async def test_the_readme_caddy_example_serves_the_relay_under_t_on_the_apps_origin(
+@pytest.mark.parametrize("proxy", sorted(PROXIES))
+async def test_the_readme_proxy_example_serves_the_relay_under_t_on_the_apps_origin(
+    proxy: str,
     browser: Browser,  # noqa: F811
     app: PageServer,
     relay_factory: RelayFactory,
@@ -105,12 +144,15 @@ routes:
         )
         port = free_port()
         origin = f"http://127.0.0.1:{port}"
-        caddy = await start_caddy(readme_caddyfile(origin, relay.public_port, app.port), tmp_path)
+        command = PROXIES[proxy](port, relay.public_port, app.port, tmp_path)
+        server = await start_proxy(command, tmp_path)
         try:
             await poll_until(
-                lambda: caddy.returncode is not None or accepting(port), 20.0, message="no caddy"
+                lambda: server.returncode is not None or accepting(port),
+                20.0,
+                message=f"{proxy} is not listening",
             )
-            assert caddy.returncode is None, (await caddy.communicate())[1].decode()[-2000:]
+            assert server.returncode is None, (await server.communicate())[1].decode()[-2000:]
 
             # The page and the relay share one origin: no CORS anywhere.
             page = await (await browser.new_context()).new_page()
@@ -118,25 +160,26 @@ routes:
             started = int(time.time() * 1000)
             await page.evaluate(
                 """async (key) => {
-                    const client = new window.Statsig.StatsigClient(key, {userID: 'u-caddy'}, {
+                    const client = new window.Statsig.StatsigClient(key, {userID: 'u-proxy'}, {
                         networkConfig: {
                             logEventUrl: `${location.origin}/t/statsig/v1/rgstr`,
                             initializeUrl: `${location.origin}/v1/initialize`}});
                     await client.initializeAsync();
-                    client.logEvent('checkout', 7, {via: 'caddy'});
+                    client.logEvent('checkout', 7, {via: 'proxy'});
                     await client.flush();
                 }""",
                 CLIENT_KEY,
             )
             await downstream.wait_for(lambda: by_name(downstream, "checkout"))
             (checkout,) = by_name(downstream, "checkout")
-            assert checkout["user"]["userID"] == "u-caddy"
+            assert checkout["user"]["userID"] == "u-proxy"
             assert checkout["user"]["ip"] == "127.0.0.1"
-            assert checkout["metadata"] == {"via": "caddy"}
+            assert checkout["metadata"] == {"via": "proxy"}
             assert checkout["time"] >= started
 
-            # A client at 127.0.0.2 that forges X-Forwarded-For: Caddy puts the real address
-            # in its place, and the relay believes Caddy (a trusted proxy), not the client.
+            # A client at 127.0.0.2 that forges X-Forwarded-For: Caddy puts the real address in
+            # its place, nginx appends it; the relay takes the right-most address that is not a
+            # trusted proxy, so the forged one is never believed.
             body = orjson.dumps(
                 {"events": [{"eventName": "forged", "user": {"userID": "u2"}, "time": started}]}
             )
@@ -154,6 +197,6 @@ routes:
             assert by_name(downstream, "forged")[0]["user"]["ip"] == "127.0.0.2"
             assert downstream.failures == []
         finally:
-            if caddy.returncode is None:
-                caddy.terminate()
-            await caddy.communicate()
+            if server.returncode is None:
+                server.terminate()
+            await server.communicate()
