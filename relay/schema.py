@@ -3,6 +3,10 @@
 Each component declares its config as a ``@dataclass(kw_only=True)``; :func:`build` turns a
 mapping into that dataclass, rejecting unknown keys and wrong types with an error that names the
 YAML path (``targets.heap.app_id``). A typo is an error, never a silent default.
+
+A field declared with :func:`secret` (keys, tokens, signing secrets, auth headers) is marked once
+here: no error about it ever shows its value, only its type ("expected a string, got a list"),
+whichever check raises it.
 """
 
 from __future__ import annotations
@@ -13,6 +17,35 @@ import types
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 T = TypeVar("T")
+
+SECRET = "secret"  # dataclass field metadata flag: the value must never appear in a message
+
+
+def secret(**kwargs: Any) -> Any:
+    """A config field holding a secret: never shown by repr, never quoted in an error."""
+    metadata = {**kwargs.pop("metadata", {}), SECRET: True}
+    return dataclasses.field(repr=False, metadata=metadata, **kwargs)
+
+
+def is_secret(field: dataclasses.Field[Any]) -> bool:
+    return bool(field.metadata.get(SECRET))
+
+
+def _kind(value: Any) -> str:
+    """What a value is, without what it says: for errors about secret fields."""
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list | tuple):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return f"a {type(value).__name__}"
 
 
 class ConfigError(ValueError):
@@ -77,8 +110,10 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def convert(value: Any, tp: Any, path: str) -> Any:
-    """Check and convert one YAML value to the annotated type ``tp``."""
+def convert(value: Any, tp: Any, path: str, hide: bool = False) -> Any:
+    """Check and convert one YAML value to the annotated type ``tp``; ``hide`` (a secret
+    field) names the value's type in errors instead of quoting it."""
+    shown = _kind(value) if hide else repr(value)
     origin = get_origin(tp)
     if tp is Any:
         return value
@@ -88,20 +123,20 @@ def convert(value: Any, tp: Any, path: str) -> Any:
             return None
         others = [option for option in options if option is not type(None)]
         if len(others) == 1:  # X | None: X's own error, with its full path
-            return convert(value, others[0], path)
+            return convert(value, others[0], path, hide)
         errors = []
         for option in options:
             if option is type(None):
                 continue
             try:
-                return convert(value, option, path)
+                return convert(value, option, path, hide)
             except ConfigError as exc:
                 errors.append(str(exc).removeprefix(f"{path}: "))
         raise ConfigError(path, " or ".join(errors))
     if origin is Literal:
         allowed = get_args(tp)
         if value not in allowed:
-            raise ConfigError(path, f"must be one of {', '.join(map(str, allowed))}; got {value!r}")
+            raise ConfigError(path, f"must be one of {', '.join(map(str, allowed))}; got {shown}")
         return value
     if origin is list:
         (item_tp,) = get_args(tp)
@@ -109,41 +144,45 @@ def convert(value: Any, tp: Any, path: str) -> Any:
             if isinstance(value, str) and item_tp is str:
                 return [value]  # a single string where a list is expected: accept it
             raise ConfigError(path, f"expected a list, got {type(value).__name__}")
-        return [convert(item, item_tp, f"{path}[{i}]") for i, item in enumerate(value)]
+        return [convert(item, item_tp, f"{path}[{i}]", hide) for i, item in enumerate(value)]
     if origin is dict:
         key_tp, value_tp = get_args(tp)
         if not isinstance(value, dict):
             raise ConfigError(path, f"expected a mapping, got {type(value).__name__}")
         return {
-            convert(k, key_tp, path): convert(v, value_tp, f"{path}.{k}") for k, v in value.items()
+            convert(k, key_tp, path): convert(v, value_tp, f"{path}.{k}", hide)
+            for k, v in value.items()
         }
     if tp is ByteSize:
         return parse_size(value, path)
     if tp is Duration:
         return parse_duration(value, path)
     if dataclasses.is_dataclass(tp):
-        return build(tp, value, path)
+        return build(tp, value, path, hide)
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(path, f"expected true or false, got {value!r}")
+            raise ConfigError(path, f"expected true or false, got {shown}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(path, f"expected an integer, got {value!r}")
+            raise ConfigError(path, f"expected an integer, got {shown}")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(path, f"expected a number, got {value!r}")
+            raise ConfigError(path, f"expected a number, got {shown}")
         return float(value)
     if tp is str:
         if isinstance(value, bool) or value is None or isinstance(value, dict | list):
-            raise ConfigError(path, f"expected a string, got {value!r}")
+            raise ConfigError(path, f"expected a string, got {shown}")
         return str(value)
     raise ConfigError(path, f"unsupported config type {_type_name(tp)}")
 
 
-def build(cls: type[T], data: Any, path: str = "") -> T:
-    """Build dataclass ``cls`` from ``data``; unknown or missing keys are errors naming the path."""
+def build(cls: type[T], data: Any, path: str = "", hide: bool = False) -> T:
+    """Build dataclass ``cls`` from ``data``; unknown or missing keys are errors naming the path.
+
+    ``hide``: the whole section is secret (every value in it is treated as a secret field).
+    """
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -163,16 +202,39 @@ def build(cls: type[T], data: Any, path: str = "") -> T:
     for key, field in fields.items():
         field_path = f"{path}.{key}" if path else key
         if key in data:
-            kwargs[field.name] = convert(data[key], hints[field.name], field_path)
+            kwargs[field.name] = convert(
+                data[key], hints[field.name], field_path, hide or is_secret(field)
+            )
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise ConfigError(field_path, "required key is missing")
+    secrets = [
+        kwargs[f.name]
+        for f in dataclasses.fields(cls)
+        if f.name in kwargs and (hide or is_secret(f))  # type: ignore[arg-type]
+    ]
     try:
         return cls(**kwargs)
     except ConfigError as exc:  # raised by __post_init__ with a path relative to this section
         inner = ".".join(p for p in (path, exc.path) if p)
-        raise ConfigError(inner, exc.message) from None
+        raise ConfigError(inner, _without(exc.message, secrets)) from None
     except (TypeError, ValueError) as exc:
-        raise ConfigError(path, str(exc)) from exc
+        raise ConfigError(path, _without(str(exc), secrets)) from None
+
+
+def _without(message: str, secrets: list[Any]) -> str:
+    """A section's own check (``__post_init__``) may quote a value: never a secret one."""
+    texts: list[str] = []
+    for value in secrets:
+        if isinstance(value, str):
+            texts.append(value)
+        elif isinstance(value, list | tuple):
+            texts.extend(v for v in value if isinstance(v, str))
+        elif isinstance(value, dict):
+            texts.extend(v for v in value.values() if isinstance(v, str))
+    for text in sorted(texts, key=len, reverse=True):
+        if len(text) >= 4:  # a very short one would blank ordinary words; it is no secret
+            message = message.replace(text, "[secret]")
+    return message
 
 
 __all__ = [
@@ -183,4 +245,5 @@ __all__ = [
     "convert",
     "parse_duration",
     "parse_size",
+    "secret",
 ]

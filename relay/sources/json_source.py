@@ -37,7 +37,7 @@ from ..mapping import (
     string_value,
 )
 from ..rename import RenameSetting, compile_rename
-from ..schema import ConfigError, Duration
+from ..schema import ConfigError, Duration, secret
 from .base import Endpoint, Parsed, Source, SourceConfig, SourceError, key_matches, load_json
 
 DEFAULT_KEY_HEADERS = ("Authorization", "X-API-Key")
@@ -65,7 +65,7 @@ class JsonMapping:
 class JsonSourceConfig(SourceConfig):
     type: Literal["json"] = "json"
     path: str = "/ingest/json"
-    api_keys: list[str] = field(default_factory=list, repr=False)
+    api_keys: list[str] = secret(default_factory=list)
     # One header holding the key (a "Bearer " prefix is allowed); default: Authorization
     # (Bearer) or X-API-Key.
     api_key_header: str | None = None

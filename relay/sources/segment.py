@@ -34,7 +34,7 @@ from ..mapping import (
     string_map,
 )
 from ..rename import RenameSetting, compile_rename
-from ..schema import ByteSize, ConfigError, Duration
+from ..schema import ByteSize, ConfigError, Duration, secret
 from .base import Endpoint, Parsed, Source, SourceConfig, SourceError, key_matches, load_json
 
 CALLS = ("track", "page", "screen", "identify", "group", "alias")
@@ -50,8 +50,8 @@ SHORT_PATHS = {call[0]: call for call in CALLS} | {"b": "batch"}
 class SegmentConfig(SourceConfig):
     type: Literal["segment"] = "segment"
     path_prefix: str = "/segment"
-    write_key: str | None = field(default=None, repr=False)
-    write_keys: list[str] = field(default_factory=list, repr=False)  # several, while rotating
+    write_key: str | None = secret(default=None)
+    write_keys: list[str] = secret(default_factory=list)  # several, while rotating
     rename: RenameSetting = None  # same forms as a route's rename
     # Extra Statsig user fields: {"custom.plan": "traits.plan", "customIDs.companyID": ...}
     user_mapping: dict[str, str] = field(default_factory=dict)

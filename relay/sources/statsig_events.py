@@ -32,14 +32,14 @@ import base64
 import binascii
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
 from aiohttp import web
 
 from ..events import Event, to_epoch_ms
-from ..schema import ConfigError
+from ..schema import ConfigError, secret
 from .base import (
     Endpoint,
     Parsed,
@@ -63,7 +63,7 @@ EVENT_WEBHOOK = "event_webhook"
 class StatsigEventsConfig(SourceConfig):
     type: Literal["statsig_events"] = "statsig_events"
     path_prefix: str = "/statsig"
-    api_keys: list[str] = field(default_factory=list, repr=False)  # SDK keys senders present
+    api_keys: list[str] = secret(default_factory=list)  # SDK keys senders present
     # Without api_keys every request is refused unless this is set to false (open endpoint).
     require_key: bool = True
 

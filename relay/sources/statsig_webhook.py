@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
@@ -21,6 +21,7 @@ from aiohttp import web
 from ..events import EXPOSURE_CATEGORIES, EXPOSURE_KEYS, Event, category_of, to_epoch_ms
 from ..raw import decode_exports
 from ..schema import ConfigError, Duration
+from ..schema import secret as secret_field
 from .base import Endpoint, Parsed, Source, SourceConfig, SourceError, load_json
 
 logger = logging.getLogger(__name__)
@@ -39,8 +40,8 @@ _EXPOSURE_NAMES = frozenset(
 class StatsigWebhookConfig(SourceConfig):
     type: Literal["statsig_webhook"] = "statsig_webhook"
     path: str = "/webhooks/statsig"
-    signing_secret: str | None = None
-    signing_secrets: list[str] = field(default_factory=list)  # several, while rotating
+    signing_secret: str | None = secret_field(default=None)
+    signing_secrets: list[str] = secret_field(default_factory=list)  # several, while rotating
     tolerance: Duration = Duration(300.0)  # accepted clock difference of the signature time
     # With no secret configured, unsigned requests are accepted (and a warning is logged).
     require_signature: bool | None = None

@@ -47,7 +47,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from ..events import now_ms
-from ..schema import ByteSize, ConfigError, Duration
+from ..schema import ByteSize, ConfigError, Duration, secret
 from .base import (
     DeadRow,
     GroupCommit,
@@ -70,7 +70,7 @@ _DLQ_CHUNK = 1000  # dead rows replayed or purged per script call, so Redis neve
 @dataclass(kw_only=True)
 class RedisSpoolConfig:
     backend: Literal["redis"] = "redis"
-    url: str = "redis://127.0.0.1:6379/0"
+    url: str = secret(default="redis://127.0.0.1:6379/0")  # may carry the password
     prefix: str = "relay"  # every key is under "{prefix}:"; replicas sharing a queue share it
     max_size: ByteSize = ByteSize(1024**3)  # body bytes of queued + dead rows
     # How long a claim holds rows; a replica that dies mid-send loses them to the others after

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import orjson
 
 from ..events import CONFIG_CHANGE, Event, category_of, now_ms, to_epoch_ms
-from ..schema import ConfigError
+from ..schema import ConfigError, secret
 from .base import (
     DELIVERED,
     Batch,
@@ -49,7 +49,7 @@ class ChronosphereConfig(TargetConfig):
     type: Literal["chronosphere"] = "chronosphere"
     url: str | None = None  # tenant base, e.g. https://TENANT.chronosphere.io
     tenant: str | None = None  # or just the tenant: https://{tenant}.chronosphere.io
-    api_token: str
+    api_token: str = secret()
     source: str = "statsig"
     category: str = "feature_flags"
     rate_limit_per_minute: int = 300  # Chronosphere's documented limit per tenant

@@ -5,9 +5,10 @@ This is what Statsig's own Fivetran export sends; Fivetran lands each event as a
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
+from ..schema import secret
 from .base import Batch, Outcome, Target, TargetConfig, json_headers, redact_url
 from .signing import hmac_digest
 
@@ -16,10 +17,10 @@ from .signing import hmac_digest
 class FivetranConfig(TargetConfig):
     type: Literal["fivetran"] = "fivetran"
     url: str  # https://webhooks.fivetran.com/webhooks/<endpoint id>
-    hmac_secret: str | None = None  # sets X-Fivetran-Hmac-Sign when given
+    hmac_secret: str | None = secret(default=None)  # sets X-Fivetran-Hmac-Sign when given
     hmac_algorithm: Literal["sha256", "sha1", "md5"] = "sha256"
     hmac_encoding: Literal["base64", "hex"] = "base64"
-    headers: dict[str, str] = field(default_factory=dict)  # e.g. a token header
+    headers: dict[str, str] = secret(default_factory=dict)  # e.g. a token header
 
 
 class FivetranTarget(Target):

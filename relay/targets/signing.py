@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..schema import ConfigError
+from ..schema import secret as secret_field
 
 _ALGORITHMS = {
     "sha256": hashlib.sha256,
@@ -26,7 +27,7 @@ class SigningConfig:
     ``whsec_`` secret."""
 
     scheme: Literal["hmac", "standard"] = "hmac"
-    secret: str
+    secret: str = secret_field()
     header: str = "X-Relay-Signature"
     algorithm: Literal["sha256", "sha1", "sha512", "md5"] = "sha256"
     encoding: Literal["hex", "base64"] = "hex"

@@ -26,7 +26,7 @@ import asyncio
 import gzip
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
@@ -34,7 +34,7 @@ import orjson
 from .. import __version__
 from ..events import Event, now_ms
 from ..mapping import string_value
-from ..schema import ByteSize, ConfigError
+from ..schema import ByteSize, ConfigError, secret
 from .base import (
     DELIVERED,
     Batch,
@@ -60,7 +60,7 @@ _USER_IDS = frozenset({"userID", "customIDs"})
 @dataclass(kw_only=True)
 class StatsigConfig(TargetConfig):
     type: Literal["statsig"] = "statsig"
-    server_secret: str = field(repr=False)  # the project's server secret key, secret-…
+    server_secret: str = secret()  # the project's server secret key, secret-…
     url: str = DEFAULT_URL
     gzip: bool = True
     batch_max_events: int = MAX_EVENTS_PER_REQUEST

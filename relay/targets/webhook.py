@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
+from ..schema import secret
 from .base import Batch, Outcome, Target, TargetConfig, json_headers, redact_url
 from .signing import SigningConfig, signature_headers
 
@@ -13,7 +14,7 @@ from .signing import SigningConfig, signature_headers
 class WebhookConfig(TargetConfig):
     type: Literal["webhook"] = "webhook"
     url: str
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = secret(default_factory=dict)  # often an auth token
     # array: the JSON array of events; object: {"events": [...]}; ndjson: one event a line
     format: Literal["array", "object", "ndjson"] = "array"
     signing: SigningConfig | None = None

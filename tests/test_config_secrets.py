@@ -1,0 +1,176 @@
+"""A config error never shows a secret's value, whatever type the secret was given.
+
+Secret fields are marked once in their config dataclasses (``relay.schema.secret``); these tests
+run ``statsig-relay check`` as a process on a table of mistyped secrets, and reload a running
+daemon with one, and look for the value in everything printed or logged.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from relay.schema import ConfigError, build, secret
+from tests.conftest import get
+from tests.daemon import REPO_ROOT, DaemonProcess, free_port
+from tests.fakes import poll_until
+
+LEAK = "whsig-LEAKED-7f3a"  # appears in every mistyped secret below; must appear nowhere
+
+HOOK = "hook: {type: statsig_webhook, signing_secret: s3cret-ok}"
+OUT = "out: {type: file, path: ./out.jsonl}"
+URL = "'http://127.0.0.1:9/in'"  # never called: check does not connect
+# (sources, targets, the YAML path the error must name)
+MISTYPED = {
+    "webhook signing_secret as a list": (
+        f"hook: {{type: statsig_webhook, signing_secret: ['{LEAK}']}}",
+        "",
+        "sources.hook.signing_secret: expected a string, got a list",
+    ),
+    "webhook signing_secrets item as a mapping": (
+        f"hook: {{type: statsig_webhook, signing_secrets: [{{k: '{LEAK}'}}]}}",
+        "",
+        "sources.hook.signing_secrets[0]: expected a string, got a mapping",
+    ),
+    "webhook signing_secrets as a mapping": (
+        f"hook: {{type: statsig_webhook, signing_secrets: {{k: '{LEAK}'}}}}",
+        "",
+        "sources.hook.signing_secrets: expected a list, got",
+    ),
+    "segment write_key as a list": (
+        f"{HOOK}, seg: {{type: segment, write_key: ['{LEAK}']}}",
+        "",
+        "sources.seg.write_key: expected a string, got a list",
+    ),
+    "segment write_keys item as a list": (
+        f"{HOOK}, seg: {{type: segment, write_keys: [['{LEAK}']]}}",
+        "",
+        "sources.seg.write_keys[0]: expected a string, got a list",
+    ),
+    "json api_keys item as a mapping": (
+        f"{HOOK}, js: {{type: json, api_keys: [{{a: '{LEAK}'}}]}}",
+        "",
+        "sources.js.api_keys[0]: expected a string, got a mapping",
+    ),
+    "statsig_events api_keys item as a list": (
+        f"{HOOK}, sdk: {{type: statsig_events, api_keys: [['{LEAK}']]}}",
+        "",
+        "sources.sdk.api_keys[0]: expected a string, got a list",
+    ),
+    "statsig server_secret as a list": (
+        HOOK,
+        f"st: {{type: statsig, server_secret: ['secret-{LEAK}']}}",
+        "targets.st.server_secret: expected a string, got a list",
+    ),
+    "webhook headers value as a list": (
+        HOOK,
+        f"wh: {{type: webhook, url: {URL}, headers: {{Authorization: ['{LEAK}']}}}}",
+        "targets.wh.headers.Authorization: expected a string, got a list",
+    ),
+    "webhook signing.secret as a list": (
+        HOOK,
+        f"wh: {{type: webhook, url: {URL}, signing: {{secret: ['{LEAK}']}}}}",
+        "targets.wh.signing.secret: expected a string, got a list",
+    ),
+    "fivetran hmac_secret as a mapping": (
+        HOOK,
+        f"ft: {{type: fivetran, url: {URL}, hmac_secret: {{s: '{LEAK}'}}}}",
+        "targets.ft.hmac_secret: expected a string, got a mapping",
+    ),
+    "fivetran headers value as a mapping": (
+        HOOK,
+        f"ft: {{type: fivetran, url: {URL}, headers: {{X-Token: {{t: '{LEAK}'}}}}}}",
+        "targets.ft.headers.X-Token: expected a string, got a mapping",
+    ),
+    "chronosphere api_token as a list": (
+        HOOK,
+        f"ch: {{type: chronosphere, tenant: acme, api_token: ['{LEAK}']}}",
+        "targets.ch.api_token: expected a string, got a list",
+    ),
+}
+
+
+def write_config(tmp_path: Path, sources: str, targets: str) -> Path:
+    path = tmp_path / "relay.yaml"
+    path.write_text(
+        f"""
+server: {{listen: '127.0.0.1:{free_port()}', admin_listen: '127.0.0.1:{free_port()}'}}
+spool: {{path: ./spool.db}}
+sources: {{{sources}}}
+targets: {{{", ".join(t for t in (OUT, targets) if t)}}}
+routes: [{{name: all, from: hook, to: out}}]
+"""
+    )
+    return path
+
+
+@pytest.mark.parametrize("case", list(MISTYPED))
+def test_check_names_the_field_and_type_of_a_mistyped_secret_never_its_value(
+    tmp_path: Path, case: str
+) -> None:
+    sources, targets, message = MISTYPED[case]
+    path = write_config(tmp_path, sources, targets)
+    result = subprocess.run(
+        [sys.executable, "-m", "relay", "check", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO_ROOT)},
+        timeout=30,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert message in result.stderr
+    assert "LEAKED" not in result.stdout + result.stderr
+
+
+def test_a_sections_own_check_never_quotes_a_secret_field() -> None:
+    """A ``__post_init__`` check that quotes a value is caught by the same marking."""
+    from dataclasses import dataclass
+
+    @dataclass(kw_only=True)
+    class Section:
+        token: str = secret()
+
+        def __post_init__(self) -> None:
+            raise ConfigError("token", f"looks wrong: {self.token!r}")
+
+    with pytest.raises(ConfigError) as caught:
+        build(Section, {"token": LEAK}, "targets.x")
+    assert str(caught.value) == "targets.x.token: looks wrong: '[secret]'"
+
+
+async def test_a_reload_refused_for_a_mistyped_secret_logs_the_field_not_the_value(
+    tmp_path: Path,
+) -> None:
+    port, admin = free_port(), free_port()
+
+    def text(secret_yaml: str) -> str:
+        return f"""
+server: {{listen: "127.0.0.1:{port}", admin_listen: "127.0.0.1:{admin}", shutdown_grace: 2s}}
+spool: {{backend: sqlite, path: ./data/spool.db}}
+sources: {{hook: {{type: statsig_webhook, signing_secret: {secret_yaml}}}}}
+targets: {{{OUT}}}
+routes: [{{name: all, from: hook, to: out}}]
+"""
+
+    async with DaemonProcess(text("s3cret-ok"), tmp_path) as daemon:
+        await daemon.start(f"http://127.0.0.1:{admin}/readyz")
+        daemon.config_path.write_text(text(f"['{LEAK}']"))
+        os.kill(daemon.pid, signal.SIGHUP)  # type: ignore[arg-type]
+
+        async def refused() -> bool:
+            _, metrics = await get(f"http://127.0.0.1:{admin}/metrics")
+            return 'relay_config_reloads_total{result="error"} 1.0' in metrics
+
+        await poll_until(refused, timeout=10)
+        await poll_until(lambda: "reload refused" in daemon.log_text(), timeout=5)
+        _, status = await get(f"http://127.0.0.1:{admin}/status")
+        log = daemon.log_text()
+        assert "sources.hook.signing_secret: expected a string, got a list" in log
+        assert "LEAKED" not in log and "LEAKED" not in status
+        assert await daemon.terminate() == 0
