@@ -235,7 +235,7 @@ async def _dlq_action(
         for picked in chosen[: args.limit]:
             row = picked.row
             dead_at = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(row.dead_at_ms / 1000))
-            count = f"{len(picked.taken)} events" + (f" (of {row.count})" if picked.rest else "")
+            count = f"{picked.count} events" + ("" if picked.whole else f" (of {row.count})")
             print(
                 f"{row.id}\t{row.target}\t{row.route}\t{count}\t"
                 f"attempts {row.attempts}\t{dead_at}Z\t{row.reason}"
@@ -254,9 +254,9 @@ async def _dlq_action(
         else:
             with open(args.output, "wb") as out:
                 out.writelines(lines)
-        print(f"exported {sum(len(s.taken) for s in chosen)} events", file=sys.stderr)
+        print(f"exported {sum(s.count for s in chosen)} events", file=sys.stderr)
     elif args.action == "replay":
-        total = sum(len(s.taken) for s in chosen)
+        total = sum(s.count for s in chosen)
         pace = f" at ≤{args.rate:g} events/s" if args.rate else ""
         if args.rate and total:
             print(f"replaying {total} events{pace}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 from typing import Any
@@ -69,15 +69,29 @@ class DeadFilter:
 
 @dataclass
 class Selected:
-    """A dead row and the split of its events into those the filter takes and the rest."""
+    """A dead row and the split of its events into those the filter takes and the rest.
+
+    Without ``--event`` the row is taken whole and its body is parsed only when the events
+    are needed (show, export), so listing or replaying a large DLQ stays cheap."""
 
     row: DeadRow
-    taken: list[Any] = field(default_factory=list)
-    rest: list[Any] = field(default_factory=list)
+    split: tuple[list[Any], list[Any]] | None = None  # (taken, rest); None: the whole row
 
     @property
     def whole(self) -> bool:
-        return not self.rest
+        return self.split is None or not self.split[1]
+
+    @property
+    def count(self) -> int:
+        return self.row.count if self.split is None else len(self.split[0])
+
+    @property
+    def taken(self) -> list[Any]:
+        return orjson.loads(self.row.body) if self.split is None else self.split[0]
+
+    @property
+    def rest(self) -> list[Any]:
+        return [] if self.split is None else self.split[1]
 
 
 def parse_time(value: str, now: float | None = None) -> int:
@@ -115,11 +129,15 @@ async def select(spool: Spool, flt: DeadFilter, known_targets: Iterable[str]) ->
     for row in rows:
         if not flt.takes_row(row):
             continue
-        picked = Selected(row)
+        if flt.event is None:
+            chosen.append(Selected(row))
+            continue
+        taken: list[Any] = []
+        rest: list[Any] = []
         for event in orjson.loads(row.body):
-            (picked.taken if flt.takes_event(event) else picked.rest).append(event)
-        if picked.taken:
-            chosen.append(picked)
+            (taken if flt.takes_event(event) else rest).append(event)
+        if taken:
+            chosen.append(Selected(row, (taken, rest)))
     return chosen
 
 
@@ -169,7 +187,7 @@ async def replay(
         chosen = [s for s in chosen if not s.whole]
     for picked in chosen:
         if pacer is not None:
-            await pacer.take(len(picked.taken))
+            await pacer.take(picked.count)
         if picked.whole:
             moved += await spool.replay_dead(None, [str(picked.row.id)])
         else:
@@ -178,13 +196,13 @@ async def replay(
                 row.target,
                 row.route,
                 orjson.dumps(picked.taken),
-                len(picked.taken),
+                picked.count,
                 row.first_received_ms,
                 last_error=f"replayed: {row.reason}"[:500],
             )
             await spool.enqueue([requeued])
             await _replace_dead(spool, picked)
-            moved += len(picked.taken)
+            moved += picked.count
         if progress is not None:
             progress(moved)
     return moved
@@ -199,7 +217,7 @@ async def purge(spool: Spool, chosen: list[Selected]) -> int:
     for picked in chosen:
         if not picked.whole:
             await _replace_dead(spool, picked)
-            deleted += len(picked.taken)
+            deleted += picked.count
     return deleted
 
 
