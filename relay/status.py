@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import re
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping
@@ -19,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry
+
+from .schema import is_secret
 
 if TYPE_CHECKING:
     from .config import Config
@@ -70,10 +71,10 @@ class CounterRing:
 
 
 class Redactor:
-    """Replaces configured secret values in free text (a target's error body may echo them)."""
+    """Replaces configured secret values in free text (a target's error body may echo them).
 
-    _SECRET_FIELD = re.compile(r"secret|key|token|password|headers|authorization", re.I)
-    _NOT_SECRET = re.compile(r"^dedup|_header$|^header$")
+    The secrets are the fields the config models mark with ``schema.secret``; a URL among them
+    (the Redis spool's) also gives up its password alone."""
 
     @classmethod
     def of(cls, config: Config) -> Redactor:
@@ -93,11 +94,11 @@ class Redactor:
             value = getattr(config, f.name)
             if dataclasses.is_dataclass(value):
                 self._collect(value, found)
-            elif self._SECRET_FIELD.search(f.name) and not self._NOT_SECRET.search(f.name):
-                found.update(_strings(value))
-            elif f.name == "url" and isinstance(value, str):
-                with contextlib.suppress(ValueError):  # a password in redis://:pw@host
-                    found.add(urlsplit(value).password or "")
+            elif is_secret(f):
+                for text in _strings(value):
+                    found.add(text)
+                    with contextlib.suppress(ValueError):  # redis://:password@host
+                        found.add(urlsplit(text).password or "")
 
     def __call__(self, text: str) -> str:
         for value in self._values:

@@ -116,7 +116,8 @@ sources:
   hook: {{type: statsig_webhook, signing_secrets: [whsig-one, whsig-two]}}
   web: {{type: segment, write_key: seg-write-key, dedup_window: 1h}}
 targets:
-  out: {{type: webhook, url: "https://h.example.com/x", headers: {{X-Token: {TOKEN}}}}}
+  out: {{type: webhook, url: "https://h.example.com/x", headers: {{X-Token: {TOKEN}}},
+         signing: {{scheme: hmac, secret: sign-secret-99}}}}
   st: {{type: statsig, server_secret: secret-abcdef}}
 routes: [{{name: r, from: hook, to: out}}]
 """,
@@ -124,10 +125,10 @@ routes: [{{name: r, from: hook, to: out}}]
     )
     redact = Redactor.of(config)
     text = (
-        f"whsig-two whsig-one seg-write-key {TOKEN} secret-abcdef redis-pw-1234 "
+        f"whsig-two whsig-one seg-write-key {TOKEN} secret-abcdef redis-pw-1234 sign-secret-99 "
         "h.example.com statsig_webhook"
     )
-    assert redact(text) == "[redacted] " * 6 + "h.example.com statsig_webhook"
+    assert redact(text) == "[redacted] " * 7 + "h.example.com statsig_webhook"
 
 
 def test_last_minute_is_measured_against_the_oldest_snapshot_in_the_window() -> None:
