@@ -16,6 +16,7 @@ once, on demand.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -116,7 +117,12 @@ class RawEvents:
         """The event as a dict, decoded on first use."""
         event = self.dicts[index]
         if event is None:
-            event = self.dicts[index] = orjson.loads(memoryview(self.raws[index]))
+            raw = memoryview(self.raws[index])
+            try:
+                event = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                event = lenient_loads(raw)
+            self.dicts[index] = event
         return event
 
     def key_fields(self, index: int) -> Event:
@@ -124,8 +130,10 @@ class RawEvents:
         event = self.dicts[index]
         if event is not None:
             return event
-        view = _KEYS.decode(self.raws[index])
-        return {f: getattr(view, f) for f in view.__struct_fields__}
+        try:
+            return msgspec.structs.asdict(_KEYS.decode(self.raws[index]))
+        except _DECODE_ERRORS:
+            return self.event(index)
 
     def json(self, index: int, new_name: Callable[[str], str | None] | None = None) -> bytes:
         """The event's JSON for a spool row: its own bytes unless it is a dict or renamed
@@ -136,6 +144,19 @@ class RawEvents:
                 return orjson.dumps({**self.event(index), "eventName": new})
         raw = self.raws[index]
         return raw if raw is not None else orjson.dumps(self.dicts[index])
+
+
+def lenient_loads(data: bytes | memoryview) -> Any:
+    """JSON orjson refuses although it is valid: the raw path keeps numbers out of a double's
+    range (``1e400``) as sent, which the dict path refused at ingest. Python's parser reads them
+    (as inf, which orjson writes as null); integers beyond 64 bits become floats, as orjson
+    reads them."""
+
+    def parse_int(text: str) -> int | float:
+        value = int(text)
+        return value if -(2**63) <= value < 2**64 else float(value)
+
+    return json.loads(bytes(data), parse_int=parse_int)
 
 
 def decode_exports(

@@ -277,6 +277,9 @@ def test_a_row_with_a_number_orjson_refuses_still_decodes_for_re_encoding_target
     row = build_row("t", "r", raw, [0], NOW)
     batch = Batch([row.body], 1, counts=[1])
     assert batch.events() == [{"eventName": "a", "timestamp": NOW, "v": float("inf")}]
+    # A route's `where` or rename decodes the event the same way instead of failing the request.
+    assert raw.event(0) == batch.events()[0]
+    assert raw.key_fields(0)["eventName"] == "a"
 
 
 def test_a_body_of_plain_events_is_kept_whole_and_matches_the_dict_path() -> None:

@@ -9,7 +9,6 @@ Transport errors and HTTP answers are translated to an Outcome in one place,
 from __future__ import annotations
 
 import email.utils
-import json
 import logging
 import time
 from abc import ABC, abstractmethod
@@ -23,6 +22,7 @@ import msgspec
 import orjson
 
 from ..events import Event
+from ..raw import lenient_loads
 from ..schema import ByteSize, Duration
 
 if TYPE_CHECKING:
@@ -148,7 +148,7 @@ class Batch:
                 try:
                     events.extend(orjson.loads(body))
                 except orjson.JSONDecodeError:
-                    events.extend(_lenient_loads(body))
+                    events.extend(lenient_loads(body))
             self._events = events
         return self._events
 
@@ -230,19 +230,6 @@ class Batch:
             size += len(body) - 1
         out.append(Batch(bodies, sum(part_counts), counts=part_counts))
         return out
-
-
-def _lenient_loads(body: bytes) -> list[Event]:
-    """A row orjson refuses: one spliced from raw bytes (relay/raw.py) may hold a number out of
-    a double's range (``1e400``), valid JSON that the dict path refused at ingest. Python's
-    parser reads it (as inf, which orjson writes as null); integers beyond 64 bits become
-    floats, as orjson reads them."""
-
-    def parse_int(text: str) -> int | float:
-        value = int(text)
-        return value if -(2**63) <= value < 2**64 else float(value)
-
-    return json.loads(body, parse_int=parse_int)
 
 
 @dataclass
