@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 
 import orjson
 from aiohttp import web
+from aiohttp.compression_utils import HAS_BROTLI, HAS_ZSTD
+from aiohttp.web_protocol import RequestPayloadError
 
 from .events import now_ms
 from .metrics import RelayMetrics
@@ -31,6 +33,11 @@ if TYPE_CHECKING:
     from .guard import Guard
 
 logger = logging.getLogger(__name__)
+
+# What aiohttp inflates while reading a body (br and zstd when their libraries are installed).
+CONTENT_ENCODINGS = frozenset(
+    ["gzip", "x-gzip", "deflate", *(["br"] if HAS_BROTLI else []), *(["zstd"] if HAS_ZSTD else [])]
+)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -207,19 +214,32 @@ class Ingest:
         return rows
 
     async def _read_body(self, request: web.Request, source: Source) -> bytes:
+        encoding = request.headers.get("Content-Encoding", "").strip().lower()
+        if encoding and encoding != "identity":
+            if not source.accepts_gzip:
+                raise SourceError(415, "compressed bodies are not accepted here", "unsupported")
+            if encoding not in CONTENT_ENCODINGS:
+                raise SourceError(
+                    415,
+                    f"Content-Encoding {encoding[:40]!r} is not supported; use one of "
+                    + ", ".join(sorted(CONTENT_ENCODINGS)),
+                    "unsupported",
+                )
         if request.content_length is not None and request.content_length > self.max_body:
             raise SourceError(
                 413,
                 f"body of {request.content_length} bytes is over the {self.max_body} byte limit",
             )
+        # aiohttp inflates the body itself while reading it, within client_max_size.
         try:
-            body = await request.read()
+            return await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise SourceError(413, f"body is over the {self.max_body} byte limit") from None
-        # aiohttp inflates gzip/deflate request bodies itself, within client_max_size.
-        if not source.accepts_gzip and request.headers.get("Content-Encoding"):
-            raise SourceError(415, "compressed bodies are not accepted here", "unsupported")
-        return body
+        except RequestPayloadError as exc:
+            cause = exc.__cause__ or exc.__context__ or exc
+            raise SourceError(
+                400, f"could not decode the {encoding or 'request'} body: {str(cause)[:200]}"
+            ) from None
 
 
 __all__ = ["Ingest", "Parsed", "error_response"]

@@ -148,11 +148,23 @@ def load_json(body: bytes) -> Any:
         raise SourceError(400, f"malformed JSON: {exc}") from None
 
 
+def header_bytes(value: str) -> bytes | None:
+    """A credential header's value as bytes, or None when it holds bytes that are not UTF-8
+    (aiohttp keeps those as lone surrogates): no key or signature can match it, so the caller
+    answers 401 instead of failing on the encode."""
+    try:
+        return value.encode()
+    except UnicodeEncodeError:
+        return None
+
+
 def key_matches(presented: str | None, keys: Sequence[str]) -> bool:
     """Constant-time membership test of a presented API key against the configured ones."""
     if not presented:
         return False
-    candidate = presented.encode()
+    candidate = header_bytes(presented)
+    if candidate is None:
+        return False
     found = False
     for key in keys:
         found |= hmac.compare_digest(candidate, key.encode())

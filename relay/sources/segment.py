@@ -16,7 +16,6 @@ object, no ID, unknown type, over 32 KB) is rejected alone and the rest go on; a
 from __future__ import annotations
 
 import base64
-import binascii
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -87,7 +86,7 @@ def basic_user(request: web.Request) -> str | None:
         return None
     try:
         decoded = base64.b64decode(credentials.strip(), validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # not base64, not ASCII, not UTF-8 (binascii.Error, UnicodeError)
         return ""  # present but unreadable: a wrong key, not a missing one
     return decoded.partition(":")[0]
 
@@ -182,7 +181,7 @@ class SegmentSource(Source):
                 parsed.reject(index, f"expected an object, got {type(item).__name__}")
                 continue
             call = item.get("type")
-            if call not in _KNOWN_CALLS:
+            if not isinstance(call, str) or call not in _KNOWN_CALLS:
                 parsed.reject(index, f"unknown type {str(call)[:40]!r}")
                 continue
             if check_size and len(orjson.dumps(item)) > max_message:

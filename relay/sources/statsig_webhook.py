@@ -22,7 +22,15 @@ from ..events import EXPOSURE_CATEGORIES, EXPOSURE_KEYS, Event, category_of, to_
 from ..raw import decode_exports
 from ..schema import ConfigError, Duration
 from ..schema import secret as secret_field
-from .base import Endpoint, Parsed, Source, SourceConfig, SourceError, load_json
+from .base import (
+    Endpoint,
+    Parsed,
+    Source,
+    SourceConfig,
+    SourceError,
+    header_bytes,
+    load_json,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +116,9 @@ class StatsigWebhookSource(Source):
                 f"{self.config.tolerance:g}s)",
                 "stale_signature",
             )
-        presented = signature.strip().encode()
+        presented = header_bytes(signature.strip())
+        if presented is None:
+            raise SourceError(401, "signature does not match", "bad_signature")
         valid = False
         for secret in self._secrets:
             valid |= hmac.compare_digest(presented, sign(secret, timestamp, body).encode())

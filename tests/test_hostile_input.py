@@ -1,0 +1,219 @@
+"""Hostile requests get a clear 4xx, never a 5xx: corrupt compressed bodies, credential headers
+with bytes that are not ASCII, wrongly typed Segment messages.
+
+Headers with raw non-ASCII bytes cannot be sent with aiohttp's client, so these tests speak
+HTTP/1.1 over a plain socket (``raw_post``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import gzip
+import zlib
+
+import orjson
+import pytest
+
+from relay.app import Relay
+from tests.conftest import RelayFactory, post_json, signed_headers
+from tests.fakes import FakeTarget
+
+SECRET = "whsec-hostile"
+SEGMENT_KEY = "seg-write-key"
+STATSIG_KEY = "client-hostile"
+JSON_KEY = "json-key"
+
+
+def config(sink: str) -> str:
+    return f"""
+sources:
+  statsig: {{type: statsig_webhook, path: /webhooks/statsig, signing_secret: {SECRET}}}
+  web: {{type: segment, path_prefix: /segment, write_keys: [{SEGMENT_KEY}]}}
+  sdk: {{type: statsig_events, path_prefix: /statsig, api_keys: [{STATSIG_KEY}]}}
+  app: {{type: json, path: /ingest/app, api_keys: [{JSON_KEY}], mapping: {{event_name: type}}}}
+targets:
+  out: {{type: webhook, url: "{sink}/in", linger: 0s}}
+routes:
+  - {{name: all, from: [statsig, web, sdk, app], to: out}}
+"""
+
+
+@pytest.fixture
+async def relay(relay_factory: RelayFactory) -> Relay:
+    fake = FakeTarget()
+    await fake.start()
+    relay = await relay_factory(config(fake.url))
+    yield relay
+    await fake.close()
+
+
+async def raw_post(
+    relay: Relay, path: str, headers: list[tuple[bytes, bytes]], body: bytes
+) -> tuple[int, str]:
+    """POST with headers as raw bytes; return the answer's status and its error reason."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.public_port)
+    try:
+        head = [f"POST {path} HTTP/1.1".encode(), b"Host: 127.0.0.1", b"Connection: close"]
+        head += [name + b": " + value for name, value in headers]
+        head.append(b"Content-Length: " + str(len(body)).encode())
+        writer.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    status = int(answer.split(b" ", 2)[1])
+    payload = answer.partition(b"\r\n\r\n")[2]
+    try:
+        reason = str(orjson.loads(payload).get("error", ""))
+    except (orjson.JSONDecodeError, AttributeError):
+        reason = payload.decode(errors="replace")
+    return status, reason
+
+
+def segment_track() -> bytes:
+    return orjson.dumps({"type": "track", "event": "Signed Up", "userId": "u1"})
+
+
+def statsig_events() -> bytes:
+    return orjson.dumps({"events": [{"eventName": "click", "user": {"userID": "u1"}}]})
+
+
+EXPORT = orjson.dumps([{"eventName": "click", "user": {"userID": "u1"}, "timestamp": 1}])
+
+# (path, credential headers that are valid, body) per source
+SOURCES: dict[str, tuple[str, list[tuple[bytes, bytes]], bytes]] = {
+    "segment": (
+        "/segment/v1/track",
+        [(b"Authorization", b"Basic " + base64.b64encode(SEGMENT_KEY.encode() + b":"))],
+        segment_track(),
+    ),
+    "statsig_events": (
+        "/statsig/v1/log_event",
+        [(b"statsig-api-key", STATSIG_KEY.encode())],
+        statsig_events(),
+    ),
+    "json": (
+        "/ingest/app",
+        [(b"Authorization", b"Bearer " + JSON_KEY.encode())],
+        orjson.dumps({"type": "x"}),
+    ),
+}
+
+CORRUPT = {
+    "gzip": gzip.compress(b'{"a": 1}')[:12] + b"\x00garbage-after-a-valid-header" * 3,
+    "deflate": b"\x78\x9c" + b"not deflate at all",
+    "br": b"\xff\xfe\xfd not brotli",
+    "zstd": b"\x28\xb5\x2f\xfd garbage",
+    "x-unknown": b"{}",
+}
+
+
+@pytest.mark.parametrize("encoding", sorted(CORRUPT))
+@pytest.mark.parametrize("source", sorted(SOURCES))
+async def test_a_corrupt_compressed_body_is_a_400_naming_the_encoding_never_a_5xx(
+    relay: Relay, source: str, encoding: str
+) -> None:
+    path, creds, _ = SOURCES[source]
+    headers = [*creds, (b"Content-Type", b"application/json")]
+    headers.append((b"Content-Encoding", encoding.encode()))
+    status, reason = await raw_post(relay, path, headers, CORRUPT[encoding])
+    if encoding == "x-unknown":
+        assert status == 415 and "'x-unknown' is not supported" in reason, reason
+    else:
+        assert status == 400, (source, encoding, status)
+        assert f"could not decode the {encoding} body" in reason
+
+
+@pytest.mark.parametrize("encoding", sorted(CORRUPT))
+async def test_a_compressed_body_to_the_signed_webhook_is_a_415_or_400(
+    relay: Relay, encoding: str
+) -> None:
+    body = CORRUPT[encoding]
+    headers = [(k.encode(), v.encode()) for k, v in signed_headers(SECRET, body).items()]
+    headers.append((b"Content-Encoding", encoding.encode()))
+    status, reason = await raw_post(relay, "/webhooks/statsig", headers, body)
+    assert status == 415, reason
+
+
+async def test_a_truncated_gzip_stream_is_a_400(relay: Relay) -> None:
+    path, creds, body = SOURCES["segment"]
+    truncated = gzip.compress(body)[: len(gzip.compress(body)) // 2]
+    headers = [*creds, (b"Content-Encoding", b"gzip")]
+    assert (await raw_post(relay, path, headers, truncated))[0] == 400
+    whole = zlib.compress(body)
+    deflated = [*creds, (b"Content-Encoding", b"deflate")]
+    assert (await raw_post(relay, path, deflated, whole))[0] == 200
+
+
+BAD_CREDENTIALS = {
+    "segment": [
+        (b"Authorization", b"Basic \xe9\xe9\xe9"),
+        (b"Authorization", b"Basic " + base64.b64encode(b"\xff\xfe:")),
+        (b"Authorization", b"Basic !!!not-base64"),
+        (b"Authorization", b"\xff"),
+    ],
+    "statsig_events": [
+        (b"statsig-api-key", b"\xff"),
+        (b"statsig-api-key", "clé".encode()),
+        (b"STATSIG-API-KEY", b"client-\xe9"),
+    ],
+    "json": [
+        (b"X-API-Key", b"\xff\xfe"),
+        (b"Authorization", b"Bearer \xe9"),
+        (b"Authorization", b"Basic \xe9"),
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    ("source", "header"),
+    [(s, h) for s, headers in sorted(BAD_CREDENTIALS.items()) for h in headers],
+)
+async def test_non_ascii_credentials_are_a_401(
+    relay: Relay, source: str, header: tuple[bytes, bytes]
+) -> None:
+    path, _, body = SOURCES[source]
+    headers = [header, (b"Content-Type", b"application/json")]
+    status, reason = await raw_post(relay, path, headers, body)
+    assert status == 401, reason
+
+
+async def test_a_non_ascii_signature_or_timestamp_is_a_401(relay: Relay) -> None:
+    good = signed_headers(SECRET, EXPORT)
+    signature = next(k for k in good if "Signature" in k)
+    timestamp = next(k for k in good if "Timestamp" in k)
+
+    def headers(**replace: bytes) -> list[tuple[bytes, bytes]]:
+        named = {signature: good[signature].encode(), timestamp: good[timestamp].encode()}
+        named.update({signature if k == "signature" else timestamp: v for k, v in replace.items()})
+        return [(k.encode(), v) for k, v in named.items()]
+
+    for bad in (b"\xff", b"v0=\xe9\xe9", "v0=é".encode()):
+        status, _ = await raw_post(relay, "/webhooks/statsig", headers(signature=bad), EXPORT)
+        assert status == 401
+    for bad in (b"\xff", "١٢٣".encode()):
+        status, _ = await raw_post(relay, "/webhooks/statsig", headers(timestamp=bad), EXPORT)
+        assert status == 401
+    status, _ = await raw_post(relay, "/webhooks/statsig", headers(), EXPORT)
+    assert status == 200  # the same request, signed as Statsig signs it, is taken
+
+
+@pytest.mark.parametrize("bad_type", [["track"], {"t": "track"}, 7, None, True])
+async def test_a_segment_message_with_a_wrongly_typed_type_is_rejected_alone(
+    relay: Relay, bad_type: object
+) -> None:
+    batch = {
+        "batch": [
+            {"type": bad_type, "event": "Bad", "userId": "u1"},
+            {"type": "track", "event": "Good", "userId": "u2"},
+        ]
+    }
+    auth = base64.b64encode(SEGMENT_KEY.encode() + b":").decode()
+    headers = {"Authorization": f"Basic {auth}", "Content-Type": "application/json"}
+    status, answer = await post_json(relay, "/segment/v1/batch", batch, headers)
+    assert status == 200, answer
+    single = {"type": bad_type, "event": "Ok", "userId": "u1"}
+    # On a call's own path the path says what the call is; its body's type is not read.
+    status, answer = await post_json(relay, "/segment/v1/track", single, headers)
+    assert status == 200, answer
