@@ -39,6 +39,8 @@ CONTENT_ENCODINGS = frozenset(
     ["gzip", "x-gzip", "deflate", *(["br"] if HAS_BROTLI else []), *(["zstd"] if HAS_ZSTD else [])]
 )
 
+NOT_COMPRESSED = "compressed bodies are not accepted here"
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -215,31 +217,35 @@ class Ingest:
 
     async def _read_body(self, request: web.Request, source: Source) -> bytes:
         encoding = request.headers.get("Content-Encoding", "").strip().lower()
-        if encoding and encoding != "identity":
-            if not source.accepts_gzip:
-                raise SourceError(415, "compressed bodies are not accepted here", "unsupported")
-            if encoding not in CONTENT_ENCODINGS:
-                raise SourceError(
-                    415,
-                    f"Content-Encoding {encoding[:40]!r} is not supported; use one of "
-                    + ", ".join(sorted(CONTENT_ENCODINGS)),
-                    "unsupported",
-                )
+        compressed = encoding not in ("", "identity")
+        if compressed and source.accepts_gzip and encoding not in CONTENT_ENCODINGS:
+            raise SourceError(
+                415,
+                f"Content-Encoding {encoding[:40]!r} is not supported; use one of "
+                + ", ".join(sorted(CONTENT_ENCODINGS)),
+                "unsupported",
+            )
         if request.content_length is not None and request.content_length > self.max_body:
             raise SourceError(
                 413,
                 f"body of {request.content_length} bytes is over the {self.max_body} byte limit",
             )
-        # aiohttp inflates the body itself while reading it, within client_max_size.
+        # aiohttp inflates the body itself while reading it, within client_max_size (so a
+        # small body that inflates past the limit is a 413 here too).
         try:
-            return await request.read()
+            body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise SourceError(413, f"body is over the {self.max_body} byte limit") from None
         except RequestPayloadError as exc:
+            if not source.accepts_gzip:
+                raise SourceError(415, NOT_COMPRESSED, "unsupported") from None
             cause = exc.__cause__ or exc.__context__ or exc
             raise SourceError(
                 400, f"could not decode the {encoding or 'request'} body: {str(cause)[:200]}"
             ) from None
+        if compressed and not source.accepts_gzip:
+            raise SourceError(415, NOT_COMPRESSED, "unsupported")
+        return body
 
 
 __all__ = ["Ingest", "Parsed", "error_response"]
