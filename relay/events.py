@@ -73,48 +73,66 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+# The event times the relay accepts, in epoch ms: 2000-01-01 to 2100-01-01 (both included),
+# after unit detection. Outside it an event is refused alone: such a time is a sender's bug, and
+# e.g. 1e25 does not fit the 64-bit integers that stores and targets use.
+MIN_MS = 946_684_800_000
+MAX_MS = 4_102_444_800_000
+
+
+def in_range_ms(ms: float, given: Any) -> int:
+    """``ms`` as an int, or ValueError naming ``given`` (what the sender wrote) when it is
+    outside MIN_MS..MAX_MS (NaN and infinities included)."""
+    if not MIN_MS <= ms <= MAX_MS:
+        big = isinstance(given, int) and given.bit_length() > 100  # repr of a huge int fails
+        shown = f"of {given.bit_length()} bits" if big else repr(given)[:40]
+        raise ValueError(f"timestamp {shown} is outside the years 2000 to 2100")
+    return int(ms)
+
+
 def epoch_ms_from_number(value: float) -> int:
-    """Epoch seconds, ms, µs or ns, told apart by magnitude, as epoch milliseconds."""
+    """Epoch seconds, ms, µs or ns, told apart by magnitude, as epoch milliseconds within
+    MIN_MS..MAX_MS (ValueError otherwise)."""
     magnitude = abs(value)
     if magnitude < 1e11:  # seconds until year 5138
-        return int(value * 1000)
+        return in_range_ms(value * 1000, value)
     if magnitude < 1e14:
-        return int(value)
+        return in_range_ms(value, value)
     if magnitude < 1e17:
-        return int(value // 1000)
-    return int(value // 1_000_000)
+        return in_range_ms(value // 1000, value)
+    return in_range_ms(value // 1_000_000, value)
 
 
 def parse_iso8601_ms(text: str) -> int:
-    """An ISO 8601 / RFC 3339 date-time with any offset (``Z`` or none meaning UTC) as epoch ms."""
-    text = text.strip()
-    if text.endswith(("Z", "z")):
-        text = text[:-1] + "+00:00"
-    parsed = datetime.fromisoformat(text)
+    """An ISO 8601 / RFC 3339 date-time with any offset (``Z`` or none meaning UTC) as epoch ms
+    within MIN_MS..MAX_MS; ValueError otherwise."""
+    stripped = text.strip()
+    if stripped.endswith(("Z", "z")):
+        stripped = stripped[:-1] + "+00:00"
+    try:
+        parsed = datetime.fromisoformat(stripped)
+    except ValueError:
+        raise ValueError(f"timestamp {text[:40]!r} is not epoch time or ISO 8601") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return int(parsed.timestamp() * 1000)
+    return in_range_ms(parsed.timestamp() * 1000, text)
 
 
 def to_epoch_ms(value: Any) -> int:
     """Normalise a timestamp (number, numeric string, ISO 8601 string) to epoch ms.
 
-    Raises ValueError with a reason when it is none of those.
+    Raises ValueError with a reason when it is none of those, or outside MIN_MS..MAX_MS.
     """
     if isinstance(value, bool):
         raise ValueError(f"timestamp must be a number or a date string, got {value!r}")
     if isinstance(value, int | float):
         return epoch_ms_from_number(value)
     if isinstance(value, str):
-        stripped = value.strip()
         try:
-            return epoch_ms_from_number(float(stripped))
+            number = float(value)
         except ValueError:
-            pass
-        try:
-            return parse_iso8601_ms(stripped)
-        except ValueError:
-            raise ValueError(f"timestamp {value[:40]!r} is not epoch time or ISO 8601") from None
+            return parse_iso8601_ms(value)
+        return epoch_ms_from_number(number)
     raise ValueError(f"timestamp must be a number or a date string, got {type(value).__name__}")
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from .events import Event, get_path, to_epoch_ms
+from .events import Event, get_path, in_range_ms, to_epoch_ms
 from .schema import ConfigError
 
 # Top-level fields of a Statsig user that hold one string, and those that hold a map.
@@ -139,9 +139,12 @@ def numeric_value(value: Any) -> int | float | None:
     if isinstance(value, str):
         text = value.strip()
         try:
-            return int(text)
+            whole = int(text)
         except ValueError:
             pass
+        else:  # a number over 64 bits cannot be stored (orjson, SQLite); a float can
+            if -(2**63) <= whole < 2**64:
+                return whole
         try:
             number = float(text)
         except ValueError:
@@ -155,7 +158,8 @@ def skew_corrected_ms(original: Any, sent_at: Any, received_ms: int) -> int:
 
     Segment's rule: ``receivedAt - (sentAt - originalTimestamp)``: the delay the client measured
     on its own clock, taken back from our clock. Without a usable ``sentAt`` the client time is
-    used as given. Raises ValueError when ``original`` is not a timestamp.
+    used as given. Raises ValueError when ``original`` is not a timestamp, or the corrected time
+    is outside the years 2000 to 2100.
     """
     original_ms = to_epoch_ms(original)
     if sent_at is None:
@@ -164,7 +168,7 @@ def skew_corrected_ms(original: Any, sent_at: Any, received_ms: int) -> int:
         sent_ms = to_epoch_ms(sent_at)
     except ValueError:
         return original_ms
-    return received_ms - (sent_ms - original_ms)
+    return in_range_ms(received_ms - (sent_ms - original_ms), original)
 
 
 def has_user_id(event: Event) -> bool:

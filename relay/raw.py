@@ -23,13 +23,11 @@ from typing import Annotated, Any
 import msgspec
 import orjson
 
-from .events import EXPOSURE_CATEGORIES, Event, category_of
+from .events import EXPOSURE_CATEGORIES, MAX_MS, MIN_MS, Event, category_of
 
-# Timestamps the raw path keeps as they are: epoch ms strictly between 2000-01-01 and 2100-01-01
-# (the edges go to the dict path, whichever way it treats them). Anything
+# Timestamps the raw path keeps as they are: epoch ms strictly between MIN_MS and MAX_MS
+# (relay/events.py; the edges go to the dict path, whichever way it treats them). Anything
 # else (seconds, µs, strings, out of range) goes to the dict path to be normalised or refused.
-MIN_MS = 946_684_800_000
-MAX_MS = 4_102_444_800_000
 # An event that may nest deeper than this goes to the dict path, which applies the encoder's
 # nesting limit (orjson writes 253 levels; a row's array is one of them). Nesting n deep takes
 # 2n bytes, so only events longer than 2 * DEPTH_BOUND bytes have their brackets counted

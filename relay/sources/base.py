@@ -158,6 +158,33 @@ def header_bytes(value: str) -> bytes | None:
         return None
 
 
+# How deep an event may nest (the event object is level 1). orjson writes at most 255 levels and
+# a spool row or a target's request wraps events in a few more, so deeper events are refused
+# alone at ingest with a reason (they once made the spool commit fail: a 503 that told the
+# sender to resend them forever).
+MAX_NESTING = 200
+_ORJSON_LEVELS = 254  # containers orjson encodes around a value (measured; 255 lists fit)
+
+
+def may_nest_too_deep(body: bytes) -> bool:
+    """Cheap per body: whether any value in it could nest deeper than MAX_NESTING (fewer
+    brackets than that cannot)."""
+    return len(body) > 2 * MAX_NESTING and body.count(b"[") + body.count(b"{") > MAX_NESTING
+
+
+def nesting_problem(item: Any) -> str | None:
+    """Why ``item`` cannot be relayed (nested deeper than MAX_NESTING), or None. Costs one
+    encode: callers ask only when :func:`may_nest_too_deep` says the body could be."""
+    probe: Any = item
+    for _ in range(_ORJSON_LEVELS - MAX_NESTING):
+        probe = [probe]
+    try:
+        orjson.dumps(probe)
+    except orjson.JSONEncodeError:
+        return f"nested deeper than {MAX_NESTING} levels"
+    return None
+
+
 def key_matches(presented: str | None, keys: Sequence[str]) -> bool:
     """Constant-time membership test of a presented API key against the configured ones."""
     if not presented:

@@ -38,7 +38,17 @@ from ..mapping import (
 )
 from ..rename import RenameSetting, compile_rename
 from ..schema import ConfigError, Duration, secret
-from .base import Endpoint, Parsed, Source, SourceConfig, SourceError, key_matches, load_json
+from .base import (
+    Endpoint,
+    Parsed,
+    Source,
+    SourceConfig,
+    SourceError,
+    key_matches,
+    load_json,
+    may_nest_too_deep,
+    nesting_problem,
+)
 
 DEFAULT_KEY_HEADERS = ("Authorization", "X-API-Key")
 
@@ -152,16 +162,21 @@ class JsonSource(Source):
     def parse(
         self, request: web.Request, endpoint: Endpoint, body: bytes, received_ms: int
     ) -> Parsed:
-        return self.parse_document(load_json(body), received_ms)
+        return self.parse_document(load_json(body), received_ms, may_nest_too_deep(body))
 
-    def parse_document(self, document: Any, received_ms: int) -> Parsed:
-        """Map a parsed body; a bad event is rejected alone."""
+    def parse_document(self, document: Any, received_ms: int, deep: bool = False) -> Parsed:
+        """Map a parsed body; a bad event is rejected alone. ``deep``: the body may nest too
+        deep (relay/sources/base.py), check each event."""
         items = self._items(document)
         parsed = Parsed()
         events = parsed.events
         for index, item in enumerate(items):
             if not isinstance(item, dict):
                 parsed.reject(index, f"expected an object, got {type(item).__name__}")
+                continue
+            problem = nesting_problem(item) if deep else None
+            if problem is not None:
+                parsed.reject(index, problem)
                 continue
             event = self.to_event(item, received_ms)
             if isinstance(event, str):

@@ -34,7 +34,17 @@ from ..mapping import (
 )
 from ..rename import RenameSetting, compile_rename
 from ..schema import ByteSize, ConfigError, Duration, secret
-from .base import Endpoint, Parsed, Source, SourceConfig, SourceError, key_matches, load_json
+from .base import (
+    Endpoint,
+    Parsed,
+    Source,
+    SourceConfig,
+    SourceError,
+    key_matches,
+    load_json,
+    may_nest_too_deep,
+    nesting_problem,
+)
 
 CALLS = ("track", "page", "screen", "identify", "group", "alias")
 PROFILE_CALLS = ("identify", "group", "alias")  # no event of their own; dropped by default
@@ -147,12 +157,19 @@ class SegmentSource(Source):
                 raise SourceError(
                     401, "missing or wrong write key: send it as the HTTP Basic user or writeKey"
                 )
-        return self.parse_document(document, endpoint.kind, received_ms, len(body))
+        deep = may_nest_too_deep(body)
+        return self.parse_document(document, endpoint.kind, received_ms, len(body), deep)
 
     def parse_document(
-        self, document: dict[str, Any], kind: str, received_ms: int, size: int = 0
+        self,
+        document: dict[str, Any],
+        kind: str,
+        received_ms: int,
+        size: int = 0,
+        deep: bool = False,
     ) -> Parsed:
-        """Map one request body (``kind`` is the endpoint: a call type or ``batch``)."""
+        """Map one request body (``kind`` is the endpoint: a call type or ``batch``). ``deep``:
+        the body may nest too deep (relay/sources/base.py), check each message."""
         parsed = Parsed()
         if kind != "batch":
             if size > self.config.max_message_size:
@@ -162,7 +179,9 @@ class SegmentSource(Source):
                     "limit",
                     "too_large",
                 )
-            problem = self._add(parsed, document, kind, None, received_ms)
+            problem = (nesting_problem(document) if deep else None) or self._add(
+                parsed, document, kind, None, received_ms
+            )
             if problem is not None:
                 raise SourceError(400, problem)
             return parsed
@@ -181,16 +200,22 @@ class SegmentSource(Source):
                 parsed.reject(index, f"expected an object, got {type(item).__name__}")
                 continue
             call = item.get("type")
-            if not isinstance(call, str) or call not in _KNOWN_CALLS:
-                parsed.reject(index, f"unknown type {str(call)[:40]!r}")
+            if type(call) is not str:  # a list or object here once made a 500
+                parsed.reject(index, f"type must be a string, got {type(call).__name__}")
                 continue
-            if check_size and len(orjson.dumps(item)) > max_message:
-                parsed.reject(index, f"message is over the {max_message} byte limit")
+            if call not in _KNOWN_CALLS:
+                parsed.reject(index, f"unknown type {call[:40]!r}")
                 continue
             if shared_context is not None:
                 own = item.get("context")
                 context = {**shared_context, **own} if isinstance(own, dict) else shared_context
                 item = {**item, "context": context}
+            if deep and (problem := nesting_problem(item)) is not None:
+                parsed.reject(index, problem)
+                continue
+            if check_size and len(orjson.dumps(item)) > max_message:
+                parsed.reject(index, f"message is over the {max_message} byte limit")
+                continue
             problem = self._add(parsed, item, call, sent_at, received_ms)
             if problem is not None:
                 parsed.reject(index, problem)

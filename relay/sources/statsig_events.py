@@ -38,7 +38,7 @@ from typing import Any, Literal
 import orjson
 from aiohttp import web
 
-from ..events import Event, to_epoch_ms
+from ..events import MAX_MS, MIN_MS, Event, to_epoch_ms
 from ..schema import ConfigError, secret
 from .base import (
     Endpoint,
@@ -48,6 +48,8 @@ from .base import (
     SourceError,
     key_matches,
     load_json,
+    may_nest_too_deep,
+    nesting_problem,
 )
 
 KEY_HEADER = "statsig-api-key"
@@ -127,6 +129,7 @@ class StatsigEventsSource(Source):
         if query.get(ENCODED_QUERY) == "1":
             body = _unreverse_base64(body)
         document = load_json(body)
+        deep = may_nest_too_deep(body)
         if endpoint.kind == EVENT_WEBHOOK:
             if isinstance(document, dict):
                 items = [document]
@@ -134,7 +137,7 @@ class StatsigEventsSource(Source):
                 items = document
             else:
                 raise SourceError(400, "expected an event object or a list of them")
-            return _parse_items(items, received_ms, None, webhook=True)
+            return _parse_items(items, received_ms, None, webhook=True, deep=deep)
         shared_user: Any = None
         if isinstance(document, dict):
             items = document.get("events")
@@ -150,7 +153,7 @@ class StatsigEventsSource(Source):
             stable_id = None
         else:
             raise SourceError(400, 'expected {"events": [...]}')
-        parsed = _parse_items(items, received_ms, shared_user, webhook=False)
+        parsed = _parse_items(items, received_ms, shared_user, webhook=False, deep=deep)
         if isinstance(stable_id, str) and stable_id:
             for event in parsed.events:
                 _add_stable_id(event, stable_id)
@@ -169,12 +172,19 @@ class StatsigEventsSource(Source):
 
 
 def _parse_items(
-    items: Sequence[Any], received_ms: int, shared_user: dict[str, Any] | None, webhook: bool
+    items: Sequence[Any],
+    received_ms: int,
+    shared_user: dict[str, Any] | None,
+    webhook: bool,
+    deep: bool,
 ) -> Parsed:
+    """``deep``: the body may nest too deep (relay/sources/base.py), check each event."""
     parsed = Parsed()
     events = parsed.events
     for index, item in enumerate(items):
         problem = normalise_sdk_event(item, received_ms, shared_user, webhook)
+        if problem is None and deep:
+            problem = nesting_problem(item)
         if problem is None:
             events.append(item)
         else:
@@ -200,7 +210,7 @@ def normalise_sdk_event(
     stamp = event.pop("time") if "time" in event else event.get("timestamp")
     if stamp is None or stamp == "":
         event["timestamp"] = received_ms
-    elif type(stamp) is int and 100_000_000_000 <= stamp < 100_000_000_000_000:
+    elif type(stamp) is int and MIN_MS <= stamp <= MAX_MS:
         event["timestamp"] = stamp  # already epoch ms: the SDKs' case, kept cheap
     else:
         try:

@@ -18,7 +18,15 @@ from typing import Any, Literal
 import orjson
 from aiohttp import web
 
-from ..events import EXPOSURE_CATEGORIES, EXPOSURE_KEYS, Event, category_of, to_epoch_ms
+from ..events import (
+    EXPOSURE_CATEGORIES,
+    EXPOSURE_KEYS,
+    MAX_MS,
+    MIN_MS,
+    Event,
+    category_of,
+    to_epoch_ms,
+)
 from ..raw import decode_exports
 from ..schema import ConfigError, Duration
 from ..schema import secret as secret_field
@@ -30,6 +38,8 @@ from .base import (
     SourceError,
     header_bytes,
     load_json,
+    may_nest_too_deep,
+    nesting_problem,
 )
 
 logger = logging.getLogger(__name__)
@@ -133,7 +143,12 @@ class StatsigWebhookSource(Source):
         if not self.config.forward_raw:
             return None
         parsed = Parsed()
-        raw = decode_exports(body, lambda item: normalise_export(item, received_ms), parsed.reject)
+        deep = may_nest_too_deep(body)
+        raw = decode_exports(
+            body,
+            lambda item: (deep and nesting_problem(item)) or normalise_export(item, received_ms),
+            parsed.reject,
+        )
         if raw is None:
             return None
         parsed.raw = raw
@@ -164,12 +179,17 @@ class StatsigWebhookSource(Source):
         parsed = Parsed()
         events = parsed.events
         exposures = _EXPOSURE_NAMES
+        deep = may_nest_too_deep(body)
         for index, item in enumerate(items):
+            if deep and (problem := nesting_problem(item)) is not None:
+                parsed.reject(index, problem)
+                continue
             # Fast path for an event normalise_export would leave as it is (most of them): the
             # per-event calls cost more than parsing the JSON did.
             if type(item) is dict:
                 name = item.get("eventName")
-                if type(name) is str and name and type(item.get("timestamp")) is int:
+                stamp = item.get("timestamp")
+                if type(name) is str and name and type(stamp) is int and MIN_MS <= stamp <= MAX_MS:
                     if name not in exposures:
                         events.append(item)
                         continue
@@ -212,7 +232,7 @@ def normalise_export(item: Any, received_ms: int) -> str | None:
     timestamp = event.get("timestamp")
     if timestamp is None:
         event["timestamp"] = received_ms
-    elif type(timestamp) is not int:
+    elif type(timestamp) is not int or not MIN_MS <= timestamp <= MAX_MS:
         try:
             event["timestamp"] = to_epoch_ms(timestamp)
         except ValueError as exc:
