@@ -5,7 +5,9 @@ the body within ``server.max_body`` (413; aiohttp inflates gzip within the same 
 source authenticate (401/403) and parse (400 with the reason; bad events are skipped and
 reported); drop the source's duplicates; let the router select events per route; admit them by
 the routes' dedup / first-exposure keys (relay/state.py); build one row per route
-(relay/spool/rows.py); commit rows and keys to the spool; only then answer 2xx.
+(relay/spool/rows.py); commit rows and keys to the spool; only then answer 2xx. A store
+failure is a 503 + Retry-After (safe to resend); anything else unexpected is a bug: a JSON 500,
+logged with its traceback and counted in ``relay_internal_errors_total``.
 """
 
 from __future__ import annotations
@@ -42,6 +44,11 @@ CONTENT_ENCODINGS = frozenset(
 NOT_COMPRESSED = "compressed bodies are not accepted here"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class RowError(Exception):
+    """Building a spool row failed: a bug (sources refuse what rows cannot hold), answered 500,
+    not the 503 of a store failure that would make the sender resend the same events forever."""
 
 
 def error_response(status: int, reason: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -83,12 +90,19 @@ class Ingest:
 
         async def handle(request: web.Request) -> web.StreamResponse:
             started = time.perf_counter()
-            if guard is None:
-                response = await self._handle(source, endpoint, request, received, None)
-            else:
-                refused = guard.admit(request)
-                response = refused or await self._handle(source, endpoint, request, received, guard)
-                guard.decorate(request, response)
+            try:
+                if guard is None:
+                    response = await self._handle(source, endpoint, request, received, None)
+                else:
+                    refused = guard.admit(request)
+                    response = refused or await self._handle(
+                        source, endpoint, request, received, guard
+                    )
+                    guard.decorate(request, response)
+            except Exception:  # a bug: visible (log, metric), and a JSON answer, not aiohttp's
+                logger.exception("source %s: internal error on %s", source.name, request.path)
+                m.internal_errors.labels(source.name).inc()
+                response = error_response(500, "internal error; see the relay's log")
             requests.labels(source.name, str(response.status)).inc()
             latency.observe(time.perf_counter() - started)
             return response
@@ -153,6 +167,8 @@ class Ingest:
             return error_response(
                 503, "spool is full; retry later", {"Retry-After": self.retry_after}
             )
+        except RowError:
+            raise
         except Exception:
             logger.exception(
                 "source %s: could not commit %d events to the spool", source.name, len(events)
@@ -211,7 +227,10 @@ class Ingest:
                 if not picked:
                     continue
             new_name = route.new_name if route.renames else None
-            rows.append(build_row(route.target, route.name, events, picked, now, new_name))
+            try:
+                rows.append(build_row(route.target, route.name, events, picked, now, new_name))
+            except Exception as exc:
+                raise RowError(f"route {route.name}: {exc}") from exc
             self._routed[route.name].inc(len(picked))
         return rows
 

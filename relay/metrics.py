@@ -43,6 +43,12 @@ class RelayMetrics:
             ["source", "reason"],
             registry=r,
         )
+        self.internal_errors = Counter(
+            "relay_internal_errors",
+            "Requests answered 500: a bug in the relay (each logged with its traceback)",
+            ["source"],
+            registry=r,
+        )
         self.events_without_user = Counter(
             "relay_events_without_user",
             "Events accepted without a userID or custom ID (Statsig cannot join them to a unit)",

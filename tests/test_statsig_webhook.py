@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import gzip
 import time
+from typing import Any
 
 import orjson
+import pytest
 
 from tests.conftest import (
     RelayFactory,
@@ -118,16 +120,27 @@ async def test_clock_tolerance_is_configurable(
     assert status == 200
 
 
+HANDSHAKE = {"event": "url_verification", "verification_code": "c0de"}
+
+
+@pytest.mark.parametrize(
+    "document",
+    [{"data": HANDSHAKE}, HANDSHAKE, {"data": [HANDSHAKE]}],
+    ids=["under-data", "top-level", "data-list"],
+)
 async def test_unsigned_url_verification_is_answered_with_its_code(
-    relay_factory: RelayFactory, fake_targets: FakeTargetFactory
+    relay_factory: RelayFactory, fake_targets: FakeTargetFactory, document: Any
 ) -> None:
     fake = await fake_targets()
     relay = await relay_factory(config(fake))
-    body = orjson.dumps({"data": {"event": "url_verification", "verification_code": "c0de"}})
     url = webhook_url(relay)
-    status, payload, _ = await post(url, body)
+    status, payload, _ = await post(url, orjson.dumps(document))
     assert (status, payload) == (200, {"verification_code": "c0de"})
     assert (await relay.spool.stats()).queued == {}
+    # without a code it is a 400, not an answer echoing null
+    bad = orjson.dumps({"data": {"event": "url_verification"}})
+    status, payload, _ = await post(url, bad)
+    assert status == 400 and "verification_code" in payload["error"]
 
 
 async def test_malformed_json_is_400_with_the_reason(

@@ -140,7 +140,7 @@ class StatsigWebhookSource(Source):
     ) -> Parsed | None:
         """Exports on the raw path; anything else (the handshake, a body the raw decoder
         doubts) takes :meth:`parse`."""
-        if not self.config.forward_raw:
+        if not self.config.forward_raw or is_url_verification(body):
             return None
         parsed = Parsed()
         deep = may_nest_too_deep(body)
@@ -158,17 +158,20 @@ class StatsigWebhookSource(Source):
         self, request: web.Request, endpoint: Endpoint, body: bytes, received_ms: int
     ) -> Parsed:
         document = load_json(body)
+        handshake = url_verification(document)
+        if handshake is not None:
+            code = handshake.get("verification_code")
+            if not isinstance(code, str):
+                raise SourceError(400, "url_verification without a verification_code")
+            logger.info("source %s: answered Statsig's url_verification", self.name)
+            return Parsed(
+                reply=web.Response(
+                    body=orjson.dumps({"verification_code": code}),
+                    content_type="application/json",
+                )
+            )
         if isinstance(document, dict):
             data = document.get("data")
-            if isinstance(data, dict) and data.get("event") == "url_verification":
-                code = data.get("verification_code")
-                logger.info("source %s: answered Statsig's url_verification", self.name)
-                return Parsed(
-                    reply=web.Response(
-                        body=orjson.dumps({"verification_code": code}),
-                        content_type="application/json",
-                    )
-                )
             if not isinstance(data, list):
                 raise SourceError(400, 'expected a JSON array of events or {"data": [...]}')
             items: list[Any] = data
@@ -209,6 +212,21 @@ class StatsigWebhookSource(Source):
         return parsed
 
 
+def url_verification(document: Any) -> dict[str, Any] | None:
+    """The url_verification handshake object in ``document``, or None. Statsig does not document
+    it; senders have been seen to put ``{"event": "url_verification", "verification_code": …}``
+    under ``data``, and we also take it at the top level or as the only element of ``data``
+    (the shape of a config-change batch)."""
+    if not isinstance(document, dict):
+        return None
+    data = document.get("data", document)
+    if isinstance(data, list) and len(data) == 1:
+        data = data[0]
+    if isinstance(data, dict) and data.get("event") == "url_verification":
+        return data
+    return None
+
+
 def is_url_verification(body: bytes) -> bool:
     """Whether ``body`` is the (unsigned) url_verification handshake and nothing else."""
     if b"url_verification" not in body or len(body) > 4096:
@@ -217,8 +235,7 @@ def is_url_verification(body: bytes) -> bool:
         document = orjson.loads(body)
     except orjson.JSONDecodeError:
         return False
-    data = document.get("data") if isinstance(document, dict) else None
-    return isinstance(data, dict) and data.get("event") == "url_verification"
+    return url_verification(document) is not None
 
 
 def normalise_export(item: Any, received_ms: int) -> str | None:
