@@ -11,13 +11,15 @@ import asyncio
 import base64
 import gzip
 import zlib
+from collections.abc import AsyncIterator
 
 import orjson
 import pytest
 
 from relay.app import Relay
+from relay.events import now_ms
 from tests.conftest import RelayFactory, post_json, signed_headers
-from tests.fakes import FakeTarget
+from tests.fakes import FakeTarget, poll_until
 
 SECRET = "whsec-hostile"
 SEGMENT_KEY = "seg-write-key"
@@ -31,7 +33,8 @@ sources:
   statsig: {{type: statsig_webhook, path: /webhooks/statsig, signing_secret: {SECRET}}}
   web: {{type: segment, path_prefix: /segment, write_keys: [{SEGMENT_KEY}]}}
   sdk: {{type: statsig_events, path_prefix: /statsig, api_keys: [{STATSIG_KEY}]}}
-  app: {{type: json, path: /ingest/app, api_keys: [{JSON_KEY}], mapping: {{event_name: type}}}}
+  app: {{type: json, path: /ingest/app, api_keys: [{JSON_KEY}],
+         mapping: {{event_name: type, timestamp: ts}}}}
 targets:
   out: {{type: webhook, url: "{sink}/in", linger: 0s}}
 routes:
@@ -217,3 +220,103 @@ async def test_a_segment_message_with_a_wrongly_typed_type_is_rejected_alone(
     # On a call's own path the path says what the call is; its body's type is not read.
     status, answer = await post_json(relay, "/segment/v1/track", single, headers)
     assert status == 200, answer
+
+
+# -- one bad event is rejected alone, never a 5xx for the request ---------------------------------
+def deep(levels: int) -> bytes:
+    """A JSON value nested ``levels`` deep: more than the encoder writes, less than the parser
+    reads."""
+    return b'{"a":' * levels + b"1" + b"}" * levels
+
+
+def good_event(name: str) -> dict[str, object]:
+    return {"eventName": name, "user": {"userID": "u1"}, "timestamp": now_ms()}
+
+
+async def delivered_names(fake: FakeTarget, names: set[str]) -> None:
+    await poll_until(lambda: names <= {e.get("eventName") for e in fake.events()}, timeout=10)
+
+
+@pytest.fixture
+async def relay_and_sink(relay_factory: RelayFactory) -> AsyncIterator[tuple[Relay, FakeTarget]]:
+    fake = FakeTarget()
+    await fake.start()
+    relay = await relay_factory(config(fake.url))
+    yield relay, fake
+    await fake.close()
+
+
+async def test_an_event_nested_deeper_than_the_encoder_writes_is_rejected_alone(
+    relay_and_sink: tuple[Relay, FakeTarget],
+) -> None:
+    relay, fake = relay_and_sink
+    now = now_ms()
+    bad = b'{"eventName":"deep","timestamp":%d,"metadata":%s}' % (now, deep(300))
+    body = b"[" + bad + b"," + orjson.dumps(good_event("webhook-ok")) + b"]"
+    status, answer = await post_json(relay, "/webhooks/statsig", body, signed_headers(SECRET, body))
+    assert status == 200, answer
+    assert (answer["accepted"], answer["rejected"]) == (1, 1), answer
+
+    message = b'{"type":"track","event":"deep","userId":"u","properties":%s}' % deep(300)
+    batch = b'{"batch":[%s,{"type":"track","event":"segment-ok","userId":"u"}]}' % message
+    auth = base64.b64encode(SEGMENT_KEY.encode() + b":").decode()
+    status, answer = await post_json(
+        relay, "/segment/v1/batch", batch, {"Authorization": f"Basic {auth}"}
+    )
+    assert status == 200, answer
+
+    items = b'[{"type":%s},{"type":"json-ok"}]' % deep(300)
+    status, answer = await post_json(
+        relay, "/ingest/app", items, {"Authorization": f"Bearer {JSON_KEY}"}
+    )
+    assert status == 200, answer
+    sdk = b'{"events":[{"eventName":"deep","metadata":%s},{"eventName":"sdk-ok"}]}' % deep(300)
+    status, answer = await post_json(
+        relay, "/statsig/v1/log_event", sdk, {"statsig-api-key": STATSIG_KEY}
+    )
+    assert status < 500, answer
+    await delivered_names(fake, {"webhook-ok", "json-ok", "sdk-ok"})
+    names = {e.get("eventName") for e in fake.events()}
+    assert "deep" not in names
+    assert any(str(n).lower().startswith("segment") for n in names), names
+
+
+BAD_TIMES: list[object] = [1e25, -1.0, 10**18 * 9, "1e25", "9999-12-31T23:59:59Z", 1e-3]
+
+
+@pytest.mark.parametrize("stamp", BAD_TIMES, ids=[repr(s) for s in BAD_TIMES])
+async def test_a_timestamp_outside_2000_to_2100_is_rejected_alone_on_every_source(
+    relay_and_sink: tuple[Relay, FakeTarget], stamp: object
+) -> None:
+    relay, fake = relay_and_sink
+    body = orjson.dumps([{**good_event("bad-time"), "timestamp": stamp}, good_event("w-ok")])
+    status, answer = await post_json(relay, "/webhooks/statsig", body, signed_headers(SECRET, body))
+    assert status == 200 and answer["rejected"] == 1, answer
+    assert "timestamp" in answer["errors"][0]
+
+    events = {"events": [{"eventName": "bad-time", "time": stamp}, {"eventName": "e-ok"}]}
+    status, answer = await post_json(
+        relay, "/statsig/v1/log_event", events, {"statsig-api-key": STATSIG_KEY}
+    )
+    assert status < 500, answer
+
+    auth = base64.b64encode(SEGMENT_KEY.encode() + b":").decode()
+    segment = {
+        "batch": [
+            {"type": "track", "event": "bad-time", "userId": "u", "timestamp": stamp},
+            {"type": "track", "event": "bad-time", "userId": "u", "originalTimestamp": stamp},
+            {"type": "track", "event": "s-ok", "userId": "u", "sentAt": stamp},
+        ]
+    }
+    status, answer = await post_json(
+        relay, "/segment/v1/batch", segment, {"Authorization": f"Basic {auth}"}
+    )
+    assert status == 200, answer
+
+    app = [{"type": "bad-time", "ts": stamp}, {"type": "j-ok"}]
+    status, answer = await post_json(
+        relay, "/ingest/app", app, {"Authorization": f"Bearer {JSON_KEY}"}
+    )
+    assert status < 500, answer
+    await delivered_names(fake, {"w-ok", "e-ok", "j-ok"})
+    assert "bad-time" not in {e.get("eventName") for e in fake.events()}
