@@ -8,8 +8,14 @@ number of requests in flight. Each batch ends in exactly one spool operation:
   (tenacity: exponential backoff with jitter, Retry-After honoured), then back to the spool with
   a later next-attempt time; past ``max_attempts`` or ``max_age`` → dead-letter;
 * rejected (other 4xx) → bisect to isolate the bad events; only those are dead-lettered;
+* encode error (the target's ``send`` raised) → the same bisection: only the events that
+  cannot be encoded are dead-lettered, with reason ``encode_error``; the rest are delivered;
 * too large (413) → split and resend;
-* fatal (the target refuses our credentials) → dead-letter, mark the target failing.
+* unauthorized (401/403: the target refuses our credential) → no bisection; the target is
+  marked failing and the events are held in the spool (attempts not counted) while one probe
+  batch per backoff period tries again; the first success clears it. Held events past
+  ``max_age`` are dead-lettered with reason ``unauthorized``;
+* fatal (the target is misconfigured, e.g. not its API) → dead-letter, mark the target failing.
 
 A slow or failing target only ever holds its own loop's slots: targets never share a loop.
 """
@@ -36,6 +42,8 @@ logger = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.0  # fallback poll for rows made due by time (retries) or by other processes
 IN_PROCESS_WAIT_CAP = 10.0  # longer Retry-After waits go back to the spool instead
+ENCODE_ERROR = "encode_error"  # dead-letter reason (and metric label): the target could not encode
+UNAUTHORIZED = "unauthorized"  # dead-letter reason: held past max_age while our key was refused
 
 
 @dataclass(slots=True)
@@ -45,7 +53,9 @@ class _Result:
     delivered: int = 0
     retry: list[tuple[Batch, Outcome]] = field(default_factory=list)
     dead: list[tuple[Batch, str]] = field(default_factory=list)
+    held: list[Batch] = field(default_factory=list)  # the target refused our credential
     fatal: Outcome | None = None
+    refused: Outcome | None = None
 
 
 class Deliverer:
@@ -75,6 +85,11 @@ class Deliverer:
         self._task: asyncio.Task[None] | None = None
         self.last_error = ""
         self._retry_at = 0.0  # epoch s of the next attempt of a batch put back; 0 when none
+        # While the target refuses our credential: since when, the refusal, and when the next
+        # probe may go out (batches claimed before then are held without a request).
+        self._refused_since: float | None = None
+        self._refusal: Outcome | None = None
+        self._probe_at = 0.0
         m = metrics
         self._m_delivered = m.events_delivered.labels(self.name)
         self._m_retried = m.events_retried.labels(self.name)
@@ -219,13 +234,38 @@ class Deliverer:
             [r.body for r in rows], sum(r.count for r in rows), counts=[r.count for r in rows]
         )
         result = _Result()
-        for chunk in batch.chunks(self.config.batch_max_events, self.config.batch_max_bytes):
+        if self._refusal is not None and time.time() < self._probe_at:
+            result.refused = self._refusal  # not our turn to probe: hold without a request
+            result.held.append(batch)
+            await self._settle(rows, batch, result)
+            return
+        for chunk in self._chunks(rows, batch, result):
             await self._send_part(chunk, result)
         await self._settle(rows, batch, result)
+
+    def _chunks(self, rows: list[SpoolRow], batch: Batch, result: _Result) -> list[Batch]:
+        """The batch within the target's limits; a stored row that cannot even be read is
+        dead-lettered alone as an encode error instead of failing the whole claim."""
+        cfg = self.config
+        try:
+            return batch.chunks(cfg.batch_max_events, cfg.batch_max_bytes)
+        except Exception:
+            chunks: list[Batch] = []
+            for row in rows:
+                one = Batch([row.body], row.count, counts=[row.count])
+                try:
+                    chunks.extend(one.chunks(cfg.batch_max_events, cfg.batch_max_bytes))
+                except Exception as exc:
+                    logger.warning("target %s: a stored row cannot be read: %s", self.name, exc)
+                    result.dead.append((one, f"{ENCODE_ERROR}: unreadable row: {exc}"[:300]))
+            return chunks
 
     async def _send_part(self, batch: Batch, result: _Result) -> None:
         if result.fatal is not None:  # the target refuses us: don't keep knocking
             result.dead.append((batch, result.fatal.reason))
+            return
+        if result.refused is not None:  # our credential is refused: keep the rest for later
+            result.held.append(batch)
             return
         outcome = await self._send_with_retries(batch)
         verdict = outcome.verdict
@@ -236,13 +276,22 @@ class Deliverer:
         if verdict is Verdict.RETRY:
             result.retry.append((batch, outcome))
             return
+        if verdict is Verdict.UNAUTHORIZED:
+            result.refused = outcome
+            result.held.append(batch)
+            return
         if verdict is Verdict.FATAL:
             result.fatal = outcome
             result.dead.append((batch, outcome.reason))
             return
-        # REJECT or TOO_LARGE: bisect until the offending events stand alone.
+        # REJECT (an encode error too) or TOO_LARGE: bisect until the offenders stand alone.
         if batch.count > 1:
-            for half in batch.halves():
+            try:
+                halves = batch.halves()
+            except Exception as exc:  # rows that cannot be read: nothing to split them by
+                result.dead.append((batch, f"{ENCODE_ERROR}: unreadable row: {exc}"[:300]))
+                return
+            for half in halves:
                 if half.count:
                     await self._send_part(half, result)
             return
@@ -277,9 +326,15 @@ class Deliverer:
     async def _send_once(self, batch: Batch) -> Outcome:
         try:
             outcome = await self.target.send(batch)
-        except Exception as exc:  # a bug in a target must not lose the batch
-            logger.exception("target %s: send raised", self.name)
-            outcome = Outcome(Verdict.RETRY, f"internal error: {type(exc).__name__}")
+        except Exception as exc:
+            # The target could not encode (some of) these events: permanent for them, so
+            # bisection isolates them and delivers the rest. Retrying would fail the same way
+            # and hold every event batched with them.
+            outcome = Outcome(Verdict.REJECT, f"{ENCODE_ERROR}: {type(exc).__name__}: {exc}"[:300])
+            if batch.count == 1:
+                logger.warning(
+                    "target %s: cannot encode an event: %s", self.name, exc, exc_info=exc
+                )
         if outcome.reason and not outcome.ok:
             outcome = replace(outcome, reason=self._redact(outcome.reason))
         self._m_requests.labels(self.name, outcome.verdict.value).inc()
@@ -292,18 +347,35 @@ class Deliverer:
                 batch.count,
                 outcome.reason,
             )
+        elif outcome.verdict is Verdict.UNAUTHORIZED:
+            self._refused(outcome)
         elif outcome.verdict is Verdict.FATAL:
             self._mark_failing(outcome)
         elif outcome.ok and self.target.health.failing:
             self.target.health.failing = False
+            self._refused_since = self._refusal = None
+            self._probe_at = 0.0
             self._m_failing.set(0)
             logger.info("target %s: accepting events again", self.name)
         return outcome
 
+    def _refused(self, outcome: Outcome) -> None:
+        """Our credential was refused: hold events, probe again after a backoff that grows
+        with the length of the refusal (retry_initial … retry_max)."""
+        now = time.time()
+        if self._refused_since is None:
+            self._refused_since = now
+        self._refusal = outcome
+        self.last_error = outcome.reason
+        cfg = self.config
+        delay = min(cfg.retry_max, max(cfg.retry_initial, now - self._refused_since))
+        self._probe_at = now + random.uniform(delay / 2, delay)
+        self._mark_failing(outcome)
+
     def _mark_failing(self, outcome: Outcome) -> None:
         health = self.target.health
         if not health.failing:
-            logger.error("target %s: refuses our credentials: %s", self.name, outcome.reason)
+            logger.error("target %s: failing: %s", self.name, outcome.reason)
         health.failing = True
         health.reason = outcome.reason
         health.since = time.time()
@@ -317,8 +389,12 @@ class Deliverer:
             self._retry_at = 0.0
             self._m_delivered.inc(result.delivered)
             self._m_latency.observe(max(0.0, (now - first_received) / 1000))
-        if not result.retry and not result.dead:
+        if not result.retry and not result.dead and not result.held:
             await self.spool.ack(rows)
+            return
+        refusal = result.refused
+        if refusal is not None and not result.retry and not result.dead and not result.delivered:
+            await self._hold(rows, refusal, now)
             return
         # Whole batch failed transiently: keep the rows, count the attempt.
         if result.retry and not result.dead and result.delivered == 0 and len(result.retry) == 1:
@@ -344,7 +420,7 @@ class Deliverer:
                 NewRow(
                     self.name,
                     template.route,
-                    part.json_array(),
+                    part.stored_json(),
                     part.count,
                     first_received,
                     attempts=attempts,
@@ -352,11 +428,58 @@ class Deliverer:
                     last_error=outcome.reason,
                 )
             )
+        for part in result.held:
+            assert refusal is not None  # held only once refused
+            if now - first_received >= self.config.max_age * 1000:
+                result.dead.append((part, self._held_too_long_reason(refusal)))
+                continue
+            requeue.append(
+                NewRow(
+                    self.name,
+                    template.route,
+                    part.stored_json(),
+                    part.count,
+                    first_received,
+                    attempts=attempts - 1,  # a refused credential is not the events' attempt
+                    next_attempt_ms=int(self._probe_at * 1000),
+                    last_error=refusal.reason,
+                )
+            )
         for part, reason in result.dead:
-            dead.append(dead_from(template, reason, now, part.json_array(), part.count, attempts))
+            dead.append(dead_from(template, reason, now, part.stored_json(), part.count, attempts))
             self._m_dead.labels(self.name, _reason_label(reason)).inc(part.count)
             logger.warning("target %s: dead-lettered %d events: %s", self.name, part.count, reason)
         await self.spool.settle(rows, requeue, dead)
+
+    async def _hold(self, rows: list[SpoolRow], refusal: Outcome, now: int) -> None:
+        """Put rows back untouched (attempts not counted) until the next probe; rows past
+        ``max_age`` are dead-lettered with reason ``unauthorized``."""
+        self._retry_at = self._probe_at
+        next_attempt = int(self._probe_at * 1000)
+        requeue: list[NewRow] = []
+        dead: list[DeadRow] = []
+        for row in rows:
+            if now - row.first_received_ms >= self.config.max_age * 1000:
+                dead.append(dead_from(row, self._held_too_long_reason(refusal), now))
+                self._m_dead.labels(self.name, UNAUTHORIZED).inc(row.count)
+                continue
+            requeue.append(
+                NewRow(
+                    row.target,
+                    row.route,
+                    row.body,
+                    row.count,
+                    row.first_received_ms,
+                    attempts=row.attempts,
+                    next_attempt_ms=next_attempt,
+                    last_error=refusal.reason,
+                )
+            )
+        self._m_retried.inc(sum(r.count for r in requeue))
+        await self.spool.settle(rows, requeue, dead)
+
+    def _held_too_long_reason(self, refusal: Outcome) -> str:
+        return f"{UNAUTHORIZED}: held past max_age {self.config.max_age:g}s: {refusal.reason}"
 
     def _exhausted(self, attempts: int, first_received_ms: int, now: int) -> bool:
         return (

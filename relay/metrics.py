@@ -114,7 +114,7 @@ class RelayMetrics:
         )
         self.target_failing = Gauge(
             "relay_target_failing",
-            "1 while a target refuses our credentials",
+            "1 while a target refuses our credentials (events held) or is misconfigured",
             ["target"],
             registry=r,
         )

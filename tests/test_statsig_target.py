@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
+from relay.app import Relay
 from relay.config import parse_config
 from relay.schema import ConfigError
 from relay.targets.base import Batch
@@ -146,29 +147,40 @@ async def test_503_503_202_delivers_once(relay_factory: RelayFactory) -> None:
 
 
 @pytest.mark.parametrize("refusal", ["wrong key: 401", "403"])
-async def test_refused_key_dead_letters_marks_the_target_failing_and_never_leaks_the_key(
+async def test_refused_key_holds_the_events_marks_the_target_failing_and_never_leaks_the_key(
     relay_factory: RelayFactory, caplog: pytest.LogCaptureFixture, refusal: str
 ) -> None:
+    """The rule every target shares (relay/deliver.py): a refused key is the target's
+    problem, not the events'. No bisecting, nothing dead-lettered; delivered once it works."""
     caplog.set_level(logging.DEBUG)
     configured = "secret-wrongKEY0123456789" if refusal.startswith("wrong") else KEY
     answers = [] if refusal.startswith("wrong") else [Answer(403, json={"error": configured})]
     async with FakeStatsig(KEY, *answers) as statsig:
         relay = await relay_factory(config(("project_a", statsig, configured)))
         assert await post_export(relay, events(10)) == 200
-        await poll_until(lambda: spool_empty(relay))
-        dead = await relay.spool.dead_rows("project_a")
-        assert sum(row.count for row in dead) == 10
-        assert len(statsig.requests) == 1  # fatal: no bisecting, no retrying
-        assert statsig.requests[0].status == (401 if refusal.startswith("wrong") else 403)
-        assert "server secret key (secret-…)" in dead[0].reason
-        assert await scraped_metric(relay, 'relay_target_failing{target="project_a"}') == 1
+        failing = 'relay_target_failing{target="project_a"}'
+        await poll_until(lambda: _scraped_is(relay, failing, 1))
         status, body = await get(admin_url(relay, "/readyz"))
         assert status == 503
         problems = orjson.loads(body)["problems"]
         assert any("target project_a" in p and "secret-…" in p for p in problems), problems
+        assert statsig.requests[0].status == (401 if refusal.startswith("wrong") else 403)
         assert "server secret key" in caplog.text
-        for text in (caplog.text, body, await metrics_text(relay), dead[0].reason):
+        leaked = [caplog.text, body, await metrics_text(relay)]
+
+        statsig.key = configured  # the operator fixes the key (403: the next answer is 202)
+        await statsig.wait_for(lambda: len(statsig.delivered()) == 10, timeout=15)
+        await poll_until(lambda: spool_empty(relay))
+        assert all(len(r.json["events"]) == 10 for r in statsig.requests)  # never bisected
+        assert await relay.spool.dead_rows("project_a") == []
+        await poll_until(lambda: _scraped_is(relay, failing, 0))
+        assert (await get(admin_url(relay, "/readyz")))[0] == 200
+        for text in leaked:
             assert configured not in text
+
+
+async def _scraped_is(relay: Relay, line: str, value: float) -> bool:
+    return await scraped_metric(relay, line) == value
 
 
 async def test_400_for_one_event_dead_letters_only_that_event(

@@ -9,6 +9,7 @@ Transport errors and HTTP answers are translated to an Outcome in one place,
 from __future__ import annotations
 
 import email.utils
+import json
 import logging
 import time
 from abc import ABC, abstractmethod
@@ -64,7 +65,8 @@ class Verdict(Enum):
     RETRY = "retry"  # transient: try the same batch again later
     REJECT = "reject"  # permanent for (some of) these events: isolate them, dead-letter those
     TOO_LARGE = "too_large"  # split and resend; a single event this large is dead
-    FATAL = "fatal"  # the target refuses us (bad key): dead-letter without splitting
+    UNAUTHORIZED = "unauthorized"  # 401/403: the target refuses our credential, not the events
+    FATAL = "fatal"  # the target is misconfigured (not its API): dead-letter without splitting
 
 
 @dataclass(slots=True, frozen=True)
@@ -101,12 +103,15 @@ def parse_retry_after(value: str | None) -> float | None:
 def classify_response(status: int, headers: Mapping[str, str], body: str = "") -> Outcome:
     """The one rule from an HTTP answer to a delivery verdict.
 
-    2xx ok; 408, 429 and 5xx but 501 retry (Retry-After honoured); 413 split; other 4xx and
-    501 are permanent for the events sent.
+    2xx ok; 401 and 403 unauthorized (a property of the target: the deliverer holds the events
+    and marks the target failing, for every target alike); 408, 429 and 5xx but 501 retry
+    (Retry-After honoured); 413 split; other 4xx and 501 are permanent for the events sent.
     """
     if 200 <= status < 300:
         return DELIVERED
     reason = f"HTTP {status}" + (f": {body[:200]}" if body else "")
+    if status in (401, 403):
+        return Outcome(Verdict.UNAUTHORIZED, reason, status=status)
     if status in (408, 429) or (500 <= status < 600 and status != 501):
         return Outcome(Verdict.RETRY, reason, parse_retry_after(headers.get("Retry-After")), status)
     if status == 413:
@@ -164,6 +169,14 @@ class Batch:
         views[-1] = memoryview(bodies[-1])[1:]
         return b",".join(views)
 
+    def stored_json(self) -> bytes:
+        """The events as a JSON array to put back in the spool: never fails for an event
+        read from it (nesting past orjson's 254 levels is written by the stdlib instead)."""
+        try:
+            return self.json_array()
+        except orjson.JSONEncodeError:
+            return json.dumps(self._events, separators=(",", ":"), ensure_ascii=False).encode()
+
     def json_lines(self) -> bytes:
         """The events one per line (no trailing newline), spliced from the stored arrays:
         rows hold no line breaks outside strings (relay/spool/rows.py)."""
@@ -197,7 +210,11 @@ class Batch:
         current: list[Event] = []
         size = 2
         for event in events:
-            event_size = len(orjson.dumps(event)) + 1
+            try:
+                event_size = len(orjson.dumps(event)) + 1
+            except orjson.JSONEncodeError:  # alone, so the target's encode error isolates it
+                out.append(Batch.of_events([event]))
+                continue
             if current and (len(current) >= max_events or size + event_size > max_bytes):
                 out.append(Batch.of_events(current))
                 current, size = [], 2
@@ -245,6 +262,9 @@ class Target(ABC):
     """A destination. Subclasses set ``config_class`` and implement :meth:`send`.
 
     Contract: ``send`` never raises for a transport or HTTP failure; it returns an Outcome.
+    An exception from ``send`` means the events could not be encoded: the deliverer treats it
+    as permanent for the events that cause it (isolated by bisection, dead-lettered with reason
+    ``encode_error``), so a target — including one added later — needs no guard of its own.
     ``accepts(category)`` lets a target refuse kinds of events it cannot carry (counted drops).
     """
 

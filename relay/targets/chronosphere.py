@@ -29,7 +29,6 @@ from .base import (
     Target,
     TargetConfig,
     Verdict,
-    classify_response,
     json_headers,
 )
 from .ratelimit import TokenBucket
@@ -178,11 +177,6 @@ class ChronosphereTarget(Target):
             if not outcome.ok:
                 return outcome
         return DELIVERED
-
-    def classify(self, status: int, headers: Any, body: str) -> Outcome:
-        if status in (401, 403):  # a wrong or revoked API token: nothing will get through
-            return Outcome(Verdict.FATAL, f"HTTP {status}: API token refused", status=status)
-        return classify_response(status, headers, body)
 
     def describe(self) -> str:
         return f"chronosphere change events to {self.url}"

@@ -14,10 +14,12 @@ largest entries first (the user's IDs are never dropped). Each trimmed field is 
 ``relay_target_fields_trimmed{target, field}``. Sizes are measured in UTF-8 bytes, which is never
 less than Statsig's character count.
 
-Answers: any 2xx delivered; 401/403 (a client or console key instead of a server secret) and
-404/405 (not a log_event URL) are fatal: the deliverer dead-letters without bisecting and marks
-the target failing; 400 rejects (bisected to the bad events); 413 splits; 408, 429 and 5xx but
-501 retry. The key never appears in a log line, an outcome reason or ``describe()``.
+Answers: any 2xx delivered; 401/403 (a client or console key instead of a server secret) are
+"unauthorized", as for every target: the deliverer holds the events in the spool and marks the
+target failing until the key works; 404/405 (not a log_event URL) are fatal: dead-lettered
+without bisecting, target marked failing; 400 rejects (bisected to the bad events); 413
+splits; 408, 429 and 5xx but 501 retry. The key never appears in a log line, an outcome
+reason or ``describe()``.
 """
 
 from __future__ import annotations
@@ -298,9 +300,9 @@ class StatsigTarget(Target):
     def classify(self, status: int, headers: Mapping[str, str], body: str) -> Outcome:
         if 200 <= status < 300:
             return DELIVERED
-        if status in (401, 403):
+        if status in (401, 403):  # the shared rule (held, target failing), Statsig's hint
             return Outcome(
-                Verdict.FATAL,
+                Verdict.UNAUTHORIZED,
                 f"HTTP {status}: Statsig refused the key in targets.{self.name}.server_secret; "
                 f"log_event needs {EXPECTED_KEY}",
                 status=status,

@@ -1,0 +1,225 @@
+"""Faults every target shares, enforced once in relay/deliver.py, not per target.
+
+* An event a target cannot encode is permanent for that event alone: it is isolated, dead-
+  lettered with reason ``encode_error`` and counted; the events batched with it are delivered.
+  The rows go straight into the spool (the ingest path may reject such events first; a row
+  stored by an older version, or spliced raw, still reaches the target).
+* 401/403 is the target's problem, not the events': no bisection, the target is marked failing
+  (``/readyz`` 503 naming it), the events are held and delivered once the credential works.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import orjson
+import pytest
+
+from relay.app import Relay
+from relay.events import now_ms
+from relay.spool.base import NewRow
+from tests.conftest import RelayFactory, admin_url, get, metric, spool_empty
+from tests.fake_statsig import FakeStatsig
+from tests.fakes import Answer, FakeTarget, FakeTargetFactory, poll_until
+
+FAST = "linger: 0s, retry_initial: 50ms, retry_max: 300ms, retries_in_process: 1, timeout: 2s"
+KEY = "secret-faults-key"
+# Timestamps ingest now refuses, still found in rows stored before: epoch ms in year 318857 (no
+# date type holds it: Heap's and Chronosphere's date formatting fail) and a number over 64 bits
+# (Statsig's integer time cannot be written).
+YEAR_318857 = 10**16
+TOO_BIG = 1e22
+
+
+def deep(levels: int = 300) -> Any:
+    """A value nested deeper than orjson writes (254): readable from the spool, not encodable."""
+    value: Any = "bottom"
+    for _ in range(levels):
+        value = {"n": value}
+    return value
+
+
+def event(tag: str, name: str = "purchase", **extra: Any) -> dict[str, Any]:
+    return {
+        "eventName": name,
+        "timeUUID": tag,
+        "value": tag,
+        "timestamp": 1700000000000,
+        "user": {"userID": f"user-{tag}"},
+        "metadata": {"name": tag, "type": "gate", "action": "updated"},
+        **extra,
+    }
+
+
+def change(tag: str, **extra: Any) -> dict[str, Any]:
+    return event(tag, "statsig::config_change", **extra)
+
+
+async def spool_row(relay: Relay, target: str, *rows: list[dict[str, Any]]) -> None:
+    """Stored rows (one commit), as ingest (or the raw path, relay/raw.py) would have written
+    them; the stdlib writes what orjson will not (nesting past 254)."""
+    await relay.spool.enqueue(
+        [
+            NewRow(
+                target,
+                "all",
+                json.dumps(events, separators=(",", ":")).encode(),
+                len(events),
+                now_ms(),
+            )
+            for events in rows
+        ]
+    )
+
+
+def config(heap: FakeTarget, chrono: FakeTarget, statsig: FakeStatsig, hook: FakeTarget) -> str:
+    return f"""
+sources:
+  statsig: {{type: statsig_webhook}}
+targets:
+  heap: {{type: heap, app_id: "42", base_url: "{heap.url}", user_properties: false, {FAST}}}
+  chrono: {{type: chronosphere, url: "{chrono.url}", api_token: tok-abc, {FAST}}}
+  statsig: {{type: statsig, server_secret: "{KEY}", url: "{statsig.log_event_url}", {FAST}}}
+  hook: {{type: webhook, url: "{hook.url}/in", batch_max_events: 2, {FAST}}}
+routes:
+  - {{name: all, from: statsig, to: heap}}
+  - {{name: c, from: statsig, to: chrono}}
+  - {{name: s, from: statsig, to: statsig}}
+  - {{name: h, from: statsig, to: hook}}
+"""
+
+
+def heap_tags(fake: FakeTarget) -> set[str]:
+    return {
+        e["idempotency_key"]
+        for r in fake.requests
+        if r.status == 200 and r.path == "/api/track"
+        for e in r.json["events"]
+    }
+
+
+def chrono_tags(fake: FakeTarget) -> set[str]:
+    return {r.json["event"]["labels"]["name"] for r in fake.requests if r.status == 200}
+
+
+def statsig_tags(fake: FakeStatsig) -> set[str]:
+    return {e["value"] for e in fake.delivered()}
+
+
+def hook_tags(fake: FakeTarget) -> set[str]:
+    return {e["timeUUID"] for r in fake.requests if r.status == 200 for e in r.events()}
+
+
+async def test_an_event_a_target_cannot_encode_is_dead_lettered_alone_and_the_rest_delivered(
+    relay_factory: RelayFactory, fake_targets: FakeTargetFactory
+) -> None:
+    heap, chrono, hook = await fake_targets(), await fake_targets(), await fake_targets()
+    async with FakeStatsig(KEY) as statsig:
+        relay = await relay_factory(config(heap, chrono, statsig, hook))
+        good = [f"g{i}" for i in range(4)]
+        bad = {"timestamp": YEAR_318857}
+        rows = {
+            "heap": [event(t) for t in good[:2]]
+            + [event("bad", **bad)]
+            + [event(t) for t in good[2:]],
+            "chrono": [change(t) for t in good[:2]]
+            + [change("bad", **bad)]
+            + [change(t) for t in good[2:]],
+            "statsig": [event(t) for t in good[:2]]
+            + [event("bad", timestamp=TOO_BIG)]
+            + [event(t) for t in good[2:]],
+            # The webhook forwards stored bytes; it encodes when a row is split to its limit.
+            "hook": [event(t) for t in good[:2]]
+            + [event("bad", nested=deep())]
+            + [event(t) for t in good[2:]],
+        }
+        for target, events in rows.items():
+            await spool_row(relay, target, events)
+        await poll_until(lambda: spool_empty(relay), timeout=15)
+
+        delivered = {
+            "heap": heap_tags(heap),
+            "chrono": chrono_tags(chrono),
+            "statsig": statsig_tags(statsig),
+            "hook": hook_tags(hook),
+        }
+        for target in rows:
+            assert delivered[target] == set(good), target
+            dead = await relay.spool.dead_rows(target)
+            assert [e["timeUUID"] for row in dead for e in orjson.loads(row.body)] == ["bad"]
+            assert dead[0].reason.startswith("encode_error: "), dead[0].reason
+            assert (
+                metric(
+                    relay, "relay_events_dead_lettered_total", target=target, reason="encode_error"
+                )
+                == 1
+            )
+        assert statsig.failures == []
+
+
+@pytest.mark.parametrize("kind", ["webhook", "fivetran", "heap"])
+@pytest.mark.parametrize("status", [401, 403])
+async def test_a_refused_credential_holds_the_events_fails_the_target_then_recovers(
+    relay_factory: RelayFactory, fake_targets: FakeTargetFactory, kind: str, status: int
+) -> None:
+    fake = await fake_targets(status, status)  # refused twice, then the key works (200)
+    target = {
+        "webhook": f'{{type: webhook, url: "{fake.url}/in", headers: {{Authorization: "Bearer k"}}',
+        "fivetran": f'{{type: fivetran, url: "{fake.url}/hook", hmac_secret: hm-secret',
+        "heap": f'{{type: heap, app_id: "42", base_url: "{fake.url}", user_properties: false',
+    }[kind]
+    relay = await relay_factory(
+        f"""
+sources:
+  statsig: {{type: statsig_webhook}}
+targets:
+  out: {target}, {FAST}, retry_initial: 100ms}}
+routes:
+  - {{name: all, from: statsig, to: out}}
+"""
+    )
+    events = [event(f"e{i}") for i in range(6)]
+    await spool_row(relay, "out", events[:3], events[3:])
+
+    async def readyz() -> tuple[int, str]:
+        return await get(admin_url(relay, "/readyz"))
+
+    await poll_until(lambda: relay.targets["out"].health.failing)
+    code, body = await readyz()
+    assert code == 503 and "target out" in body and f"HTTP {status}" in body
+    assert metric(relay, "relay_target_failing", target="out") == 1
+
+    await poll_until(lambda: spool_empty(relay), timeout=15)
+    sent = [r for r in fake.requests if r.path != "/api/add_user_properties"]
+    assert [r.status for r in sent] == [status, status, 200]  # one probe at a time
+    assert all(len(r.events()) == 6 for r in sent)  # never bisected
+    assert await relay.spool.dead_rows("out") == []
+    assert metric(relay, "relay_events_delivered_total", target="out") == 6
+    assert metric(relay, "relay_target_failing", target="out") == 0
+    assert (await readyz())[0] == 200
+
+
+async def test_a_refusal_held_past_max_age_is_dead_lettered_as_unauthorized(
+    relay_factory: RelayFactory, fake_targets: FakeTargetFactory
+) -> None:
+    fake = await fake_targets(default=Answer(401))
+    relay = await relay_factory(
+        f"""
+sources:
+  statsig: {{type: statsig_webhook}}
+targets:
+  out: {{type: webhook, url: "{fake.url}/in", max_age: 300ms, {FAST}}}
+routes:
+  - {{name: all, from: statsig, to: out}}
+"""
+    )
+    await spool_row(relay, "out", [event("old")])
+    await poll_until(lambda: spool_empty(relay), timeout=15)
+    dead = await relay.spool.dead_rows("out")
+    assert [row.count for row in dead] == [1]
+    assert dead[0].reason.startswith("unauthorized: held past max_age")
+    assert (
+        metric(relay, "relay_events_dead_lettered_total", target="out", reason="unauthorized") == 1
+    )
+    assert relay.targets["out"].health.failing
