@@ -87,6 +87,16 @@ MISTYPED = {
         f"ft: {{type: fivetran, url: {URL}, headers: {{X-Token: {{t: '{LEAK}'}}}}}}",
         "targets.ft.headers.X-Token: expected a string, got a mapping",
     ),
+    "fivetran url (its endpoint id is the credential) as a list": (
+        HOOK,
+        f"ft: {{type: fivetran, url: ['https://webhooks.fivetran.com/webhooks/{LEAK}']}}",
+        "targets.ft.url: expected a string, got a list",
+    ),
+    "webhook url as a mapping": (
+        HOOK,
+        f"wh: {{type: webhook, url: {{u: 'https://hooks.example.com/{LEAK}'}}}}",
+        "targets.wh.url: expected a string, got a mapping",
+    ),
     "chronosphere api_token as a list": (
         HOOK,
         f"ch: {{type: chronosphere, tenant: acme, api_token: ['{LEAK}']}}",

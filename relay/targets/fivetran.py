@@ -16,7 +16,7 @@ from .signing import hmac_digest
 @dataclass(kw_only=True)
 class FivetranConfig(TargetConfig):
     type: Literal["fivetran"] = "fivetran"
-    url: str  # https://webhooks.fivetran.com/webhooks/<endpoint id>
+    url: str = secret()  # https://webhooks.fivetran.com/webhooks/<endpoint id>: a credential
     hmac_secret: str | None = secret(default=None)  # sets X-Fivetran-Hmac-Sign when given
     hmac_algorithm: Literal["sha256", "sha1", "md5"] = "sha256"
     hmac_encoding: Literal["base64", "hex"] = "base64"

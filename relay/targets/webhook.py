@@ -13,7 +13,7 @@ from .signing import SigningConfig, signature_headers
 @dataclass(kw_only=True)
 class WebhookConfig(TargetConfig):
     type: Literal["webhook"] = "webhook"
-    url: str
+    url: str = secret()  # a hook URL often carries its credential (Slack, Zapier)
     headers: dict[str, str] = secret(default_factory=dict)  # often an auth token
     # array: the JSON array of events; object: {"events": [...]}; ndjson: one event a line
     format: Literal["array", "object", "ndjson"] = "array"
