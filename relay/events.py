@@ -80,6 +80,14 @@ MIN_MS = 946_684_800_000
 MAX_MS = 4_102_444_800_000
 
 
+# How deep an event may nest (the event object is level 1). orjson writes at most 255 levels and
+# a spool row or a target's request wraps events in a few more, so deeper events are refused
+# alone at ingest with a reason (they once made the spool commit fail: a 503 that told the
+# sender to resend them forever). The raw path (relay/raw.py) keeps only events it can prove
+# are within it.
+MAX_NESTING = 200
+
+
 def in_range_ms(ms: float, given: Any) -> int:
     """``ms`` as an int, or ValueError naming ``given`` (what the sender wrote) when it is
     outside MIN_MS..MAX_MS (NaN and infinities included)."""

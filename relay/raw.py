@@ -23,16 +23,15 @@ from typing import Annotated, Any
 import msgspec
 import orjson
 
-from .events import EXPOSURE_CATEGORIES, MAX_MS, MIN_MS, Event, category_of
+from .events import EXPOSURE_CATEGORIES, MAX_MS, MAX_NESTING, MIN_MS, Event, category_of
 
 # Timestamps the raw path keeps as they are: epoch ms strictly between MIN_MS and MAX_MS
 # (relay/events.py; the edges go to the dict path, whichever way it treats them). Anything
 # else (seconds, µs, strings, out of range) goes to the dict path to be normalised or refused.
-# An event that may nest deeper than this goes to the dict path, which applies the encoder's
-# nesting limit (orjson writes 253 levels; a row's array is one of them). Nesting n deep takes
-# 2n bytes, so only events longer than 2 * DEPTH_BOUND bytes have their brackets counted
-# (counting costs ~0.5 µs per event); Statsig events nest about three deep.
-DEPTH_BOUND = 250
+# An event that may nest deeper than MAX_NESTING goes to the dict path, which refuses it alone.
+# Nesting n deep takes 2n bytes, so only events longer than 2 * DEPTH_BOUND bytes have their
+# brackets counted (~0.5 µs per event); Statsig events nest about three deep.
+DEPTH_BOUND = MAX_NESTING
 
 _EXPOSURE_NAMES = frozenset(
     name

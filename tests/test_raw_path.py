@@ -121,10 +121,11 @@ def _event(rng: random.Random, plain: bool) -> Any:
         event["timeUUID"] = f"t{rng.randrange(200)}"  # repeats: the dedup route drops them
     if rng.random() < 0.3:
         event["unitID"] = rng.choice(["userID", "stableID"])
-    if rng.random() < 0.05 and not plain:
+    if rng.random() < 0.08 and not plain:
         deep: Any = "bottom"
-        for _ in range(rng.choice([30, 120, 300])):
-            deep = {"d": deep} if rng.random() < 0.5 else [deep]
+        objects = rng.choice([0.0, 0.5])  # 0.0: only lists, the fewest bytes per level
+        for _ in range(rng.choice([30, 120, 198, 199, 220, 300])):
+            deep = {"d": deep} if rng.random() < objects else [deep]
         event["metadata"] = {"deep": deep}
     if rng.random() < 0.3:  # key order is part of what must survive
         items = list(event.items())

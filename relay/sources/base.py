@@ -18,7 +18,7 @@ import orjson
 from aiohttp import web
 
 from ..cors import CorsConfig
-from ..events import Event
+from ..events import MAX_NESTING, Event
 from ..ratelimit import RateLimitConfig
 from ..raw import RawEvents
 
@@ -158,11 +158,6 @@ def header_bytes(value: str) -> bytes | None:
         return None
 
 
-# How deep an event may nest (the event object is level 1). orjson writes at most 255 levels and
-# a spool row or a target's request wraps events in a few more, so deeper events are refused
-# alone at ingest with a reason (they once made the spool commit fail: a 503 that told the
-# sender to resend them forever).
-MAX_NESTING = 200
 _ORJSON_LEVELS = 254  # containers orjson encodes around a value (measured; 255 lists fit)
 
 

@@ -143,12 +143,15 @@ class StatsigWebhookSource(Source):
         if not self.config.forward_raw or is_url_verification(body):
             return None
         parsed = Parsed()
-        deep = may_nest_too_deep(body)
-        raw = decode_exports(
-            body,
-            lambda item: (deep and nesting_problem(item)) or normalise_export(item, received_ms),
-            parsed.reject,
-        )
+        deep: list[bool] = []  # whether the body could nest too deep: counted at most once,
+        # and only when an event needs the dict path (the plain ones are checked in raw.py)
+
+        def normalise(item: Any) -> str | None:
+            if not deep:
+                deep.append(may_nest_too_deep(body))
+            return (deep[0] and nesting_problem(item)) or normalise_export(item, received_ms)
+
+        raw = decode_exports(body, normalise, parsed.reject)
         if raw is None:
             return None
         parsed.raw = raw
