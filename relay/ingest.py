@@ -86,6 +86,7 @@ class Ingest:
         m = self.metrics
         received = m.events_received.labels(source.name)
         latency = m.ingest_latency.labels(source.name)
+        internal_errors = m.internal_errors.labels(source.name)  # exported at 0 from the start
         requests = m.requests
 
         async def handle(request: web.Request) -> web.StreamResponse:
@@ -101,7 +102,7 @@ class Ingest:
                     guard.decorate(request, response)
             except Exception:  # a bug: visible (log, metric), and a JSON answer, not aiohttp's
                 logger.exception("source %s: internal error on %s", source.name, request.path)
-                m.internal_errors.labels(source.name).inc()
+                internal_errors.inc()
                 response = error_response(500, "internal error; see the relay's log")
             requests.labels(source.name, str(response.status)).inc()
             latency.observe(time.perf_counter() - started)
