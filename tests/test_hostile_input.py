@@ -320,3 +320,14 @@ async def test_a_timestamp_outside_2000_to_2100_is_rejected_alone_on_every_sourc
     assert status < 500, answer
     await delivered_names(fake, {"w-ok", "e-ok", "j-ok"})
     assert "bad-time" not in {e.get("eventName") for e in fake.events()}
+
+
+async def test_a_truncated_gz_query_body_is_a_400_naming_gzip(relay: Relay) -> None:
+    """@statsig/js-client's ``gz=1`` flag (gzip without Content-Encoding): a stream that stops
+    early was inflated to what zlib had and answered as empty or malformed JSON."""
+    path = f"/statsig/v1/rgstr?k={STATSIG_KEY}&gz=1"
+    whole = gzip.compress(statsig_events())
+    for cut in (whole[:10], whole[: len(whole) // 2], whole[:-4]):
+        status, reason = await raw_post(relay, path, [], cut)
+        assert (status, reason) == (400, "gz=1 but the gzip stream is truncated"), cut
+    assert (await raw_post(relay, path, [], whole))[0] == 202

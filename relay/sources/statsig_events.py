@@ -242,6 +242,8 @@ def _gunzip(body: bytes) -> bytes:
         raise SourceError(400, f"gz=1 but the body is not valid gzip: {exc}") from None
     if inflater.unconsumed_tail:
         raise SourceError(413, f"body inflates to more than {MAX_INFLATED} bytes")
+    if not inflater.eof:  # zlib returns what it could without an error when the stream stops
+        raise SourceError(400, "gz=1 but the gzip stream is truncated")
     return out
 
 
