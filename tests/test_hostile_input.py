@@ -222,6 +222,43 @@ async def test_a_segment_message_with_a_wrongly_typed_type_is_rejected_alone(
     assert status == 200, answer
 
 
+WRONG_FIELDS: list[dict[str, object]] = [
+    {"properties": [1]},
+    {"properties": "x"},
+    {"context": ["x"]},
+    {"integrations": "all"},
+    {"userId": {"id": "u1"}},
+    {"userId": True},
+    {"anonymousId": ["a"]},
+    {"messageId": {"m": 1}},
+    {"type": "identify", "traits": "x"},
+    {"type": "group", "groupId": [1]},
+    {"type": "alias", "previousId": {"p": 1}},
+]
+
+
+@pytest.mark.parametrize("bad", WRONG_FIELDS, ids=[repr(b) for b in WRONG_FIELDS])
+async def test_a_segment_message_with_a_wrongly_typed_field_is_rejected_alone(
+    relay_and_sink: tuple[Relay, FakeTarget], bad: dict[str, object]
+) -> None:
+    """Mapping such a message would silently drop what it carried (properties that are a list
+    became no metadata, an object userId no user): it is refused with the field's name."""
+    relay, fake = relay_and_sink
+    field = next(k for k in bad if k != "type")
+    message = {"type": "track", "event": "wrong-field", "userId": "u", **bad}
+    batch = {"batch": [message, {"type": "track", "event": "typed-ok", "userId": "u"}]}
+    auth = base64.b64encode(SEGMENT_KEY.encode() + b":").decode()
+    headers = {"Authorization": f"Basic {auth}"}
+    status, answer = await post_json(relay, "/segment/v1/batch", batch, headers)
+    assert status == 200 and answer["rejected"] == 1, answer
+    assert answer["errors"][0].startswith(f"event 0: {field} must be"), answer
+    call = str(message["type"])
+    status, answer = await post_json(relay, f"/segment/v1/{call}", message, headers)
+    assert status == 400 and field in answer["error"], answer
+    await delivered_names(fake, {"typed-ok"})
+    assert "wrong-field" not in {e.get("eventName") for e in fake.events()}
+
+
 # -- one bad event is rejected alone, never a 5xx for the request ---------------------------------
 def deep(levels: int) -> bytes:
     """A JSON value nested ``levels`` deep: more than the encoder writes, less than the parser

@@ -179,8 +179,10 @@ class SegmentSource(Source):
                     "limit",
                     "too_large",
                 )
-            problem = (nesting_problem(document) if deep else None) or self._add(
-                parsed, document, kind, None, received_ms
+            problem = (
+                (nesting_problem(document) if deep else None)
+                or _wrong_typed(document)
+                or self._add(parsed, document, kind, None, received_ms)
             )
             if problem is not None:
                 raise SourceError(400, problem)
@@ -205,6 +207,9 @@ class SegmentSource(Source):
                 continue
             if call not in _KNOWN_CALLS:
                 parsed.reject(index, f"unknown type {call[:40]!r}")
+                continue
+            if (problem := _wrong_typed(item)) is not None:
+                parsed.reject(index, problem)
                 continue
             if shared_context is not None:
                 own = item.get("context")
@@ -316,6 +321,26 @@ class SegmentSource(Source):
             payload["rejected"] = parsed.error_count
             payload["errors"] = parsed.errors
         return web.Response(body=orjson.dumps(payload), content_type="application/json")
+
+
+# Fields of a Segment message that, when present and not null, must have these JSON types.
+# Segment's API refuses such a message; mapping it anyway would silently drop what it carried.
+_ID_FIELDS = ("userId", "anonymousId", "previousId", "groupId", "messageId")
+_OBJECT_FIELDS = ("properties", "context", "traits", "integrations")
+
+
+def _wrong_typed(message: dict[str, Any]) -> str | None:
+    """Why one message's fields have the wrong JSON types (an ID that is an object, properties
+    that are a list); None when they are usable. The message is then rejected alone."""
+    for key in _ID_FIELDS:
+        value = message.get(key)
+        if value is not None and (type(value) is bool or not isinstance(value, str | int | float)):
+            return f"{key} must be a string, got {type(value).__name__}"
+    for key in _OBJECT_FIELDS:
+        value = message.get(key)
+        if value is not None and not isinstance(value, dict):
+            return f"{key} must be an object, got {type(value).__name__}"
+    return None
 
 
 def _event_time(message: dict[str, Any], sent_at: Any, received_ms: int) -> int:
