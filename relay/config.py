@@ -107,12 +107,7 @@ def expand(value: Any, env: Mapping[str, str], path: str = "") -> Any:
 
 
 def parse_config(text: str, env: Mapping[str, str] | None = None, path: str = "") -> Config:
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError("", f"{path or 'config'} is not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError("", "the config must be a YAML mapping with sources, targets, routes")
+    raw = _parse_yaml(text, path or "config")
     raw = expand(raw, os.environ if env is None else env)
     known = {"server", "spool", "sources", "targets", "routes"}
     for key in raw:
@@ -173,13 +168,32 @@ def load_server_section(
 
 
 def _load_raw(path: str | os.PathLike[str]) -> dict[str, Any]:
+    return _parse_yaml(_read(path), str(path))
+
+
+def _parse_yaml(text: str, name: str) -> dict[str, Any]:
+    """The top-level mapping. A syntax error names the line and column but never quotes the
+    line: PyYAML's own message shows it, and it may be a secret's (an unclosed quote)."""
     try:
-        raw = yaml.safe_load(_read(path))
-    except yaml.YAMLError as exc:
-        raise ConfigError("", f"{path} is not valid YAML: {exc}") from None
+        raw = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        raise ConfigError("", f"{name} is not valid YAML: {_yaml_problem(exc)}") from None
+    except yaml.YAMLError:
+        raise ConfigError("", f"{name} is not valid YAML") from None
     if not isinstance(raw, dict):
         raise ConfigError("", "the config must be a YAML mapping with sources, targets, routes")
     return raw
+
+
+def _yaml_problem(exc: yaml.MarkedYAMLError) -> str:
+    """``problem at line L, column C (while context started at line L)``, without snippets."""
+    where = exc.problem_mark or exc.context_mark
+    text = exc.problem or exc.context or "syntax error"
+    if where is not None:
+        text += f" at line {where.line + 1}, column {where.column + 1}"
+    if exc.problem and exc.context and exc.context_mark is not None:
+        text += f" ({exc.context} started at line {exc.context_mark.line + 1})"
+    return text
 
 
 def _read(path: str | os.PathLike[str]) -> str:

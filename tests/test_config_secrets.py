@@ -138,6 +138,45 @@ def test_check_names_the_field_and_type_of_a_mistyped_secret_never_its_value(
     assert "LEAKED" not in result.stdout + result.stderr
 
 
+# A syntax error on a secret's line: PyYAML's message quotes that line; ours names the position.
+BROKEN_YAML = {
+    "unclosed quote": (
+        f'sources:\n  hook:\n    type: statsig_webhook\n    signing_secret: "{LEAK}\n',
+        "found unexpected end of stream at line 5, column 1"
+        " (while scanning a quoted scalar started at line 4)",
+    ),
+    "colon inside a plain value": (
+        f"sources:\n  hook: {{type: statsig_webhook, signing_secret: {LEAK}: x}}\n",
+        "(while parsing a flow mapping started at line 2)",
+    ),
+    "mapping value after a plain value": (
+        f"targets:\n  st:\n    type: statsig\n    server_secret: secret-{LEAK}: x\n",
+        "mapping values are not allowed here at line 4, column ",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN_YAML))
+def test_check_points_at_a_yaml_syntax_error_without_quoting_the_line(
+    tmp_path: Path, case: str
+) -> None:
+    text, message = BROKEN_YAML[case]
+    path = tmp_path / "relay.yaml"
+    path.write_text(text)
+    result = subprocess.run(
+        [sys.executable, "-m", "relay", "check", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO_ROOT)},
+        timeout=30,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"{path} is not valid YAML: " in result.stderr
+    assert message in result.stderr
+    assert "LEAKED" not in result.stdout + result.stderr
+
+
 def test_a_sections_own_check_never_quotes_a_secret_field() -> None:
     """A ``__post_init__`` check that quotes a value is caught by the same marking."""
     from dataclasses import dataclass
@@ -154,8 +193,16 @@ def test_a_sections_own_check_never_quotes_a_secret_field() -> None:
     assert str(caught.value) == "targets.x.token: looks wrong: '[secret]'"
 
 
-async def test_a_reload_refused_for_a_mistyped_secret_logs_the_field_not_the_value(
-    tmp_path: Path,
+@pytest.mark.parametrize(
+    ("bad", "logged"),
+    [
+        (f"['{LEAK}']", "sources.hook.signing_secret: expected a string, got a list"),
+        (f'"{LEAK}', "is not valid YAML: "),  # unclosed quote: PyYAML would quote the line
+    ],
+    ids=["mistyped", "unclosed-quote"],
+)
+async def test_a_reload_refused_for_a_bad_secret_logs_the_field_not_the_value(
+    tmp_path: Path, bad: str, logged: str
 ) -> None:
     port, admin = free_port(), free_port()
 
@@ -170,7 +217,7 @@ routes: [{{name: all, from: hook, to: out}}]
 
     async with DaemonProcess(text("s3cret-ok"), tmp_path) as daemon:
         await daemon.start(f"http://127.0.0.1:{admin}/readyz")
-        daemon.config_path.write_text(text(f"['{LEAK}']"))
+        daemon.config_path.write_text(text(bad))
         os.kill(daemon.pid, signal.SIGHUP)  # type: ignore[arg-type]
 
         async def refused() -> bool:
@@ -181,6 +228,6 @@ routes: [{{name: all, from: hook, to: out}}]
         await poll_until(lambda: "reload refused" in daemon.log_text(), timeout=5)
         _, status = await get(f"http://127.0.0.1:{admin}/status")
         log = daemon.log_text()
-        assert "sources.hook.signing_secret: expected a string, got a list" in log
+        assert logged in log
         assert "LEAKED" not in log and "LEAKED" not in status
         assert await daemon.terminate() == 0
