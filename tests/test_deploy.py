@@ -52,7 +52,7 @@ def test_promtool_checks_the_alert_rules() -> None:
         [tool("promtool"), "check", "rules", str(ALERTS)], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 6 rules found" in result.stdout
+    assert "SUCCESS: 7 rules found" in result.stdout
 
 
 def test_promtool_unit_tests_every_alert_on_recorded_series() -> None:
@@ -73,6 +73,7 @@ def test_promtool_unit_tests_every_alert_on_recorded_series() -> None:
             "RelayDeadLettersGrowing",
             "RelaySpoolAlmostFull",
             "RelayRejectsSpiking",
+            "RelayInternalErrors",
         }
     )
 
@@ -219,7 +220,7 @@ async def test_a_real_prometheus_finds_every_metric_the_dashboard_and_alerts_nam
     async def rules_evaluated() -> bool:
         groups = (await prometheus.api("rules"))["groups"]
         rules = [r for g in groups for r in g["rules"]]
-        return len(rules) == 6 and all(r["health"] == "ok" for r in rules)
+        return len(rules) == 7 and all(r["health"] == "ok" for r in rules)
 
     await poll_until(rules_evaluated, timeout=15)
 
