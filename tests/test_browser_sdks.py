@@ -31,6 +31,10 @@ CLIENT_KEY = "client-browser-test"
 WRITE_KEY = "wk-browser-test"
 DOWNSTREAM_KEY = "secret-downstream"
 
+# A real browser or Node process on a loaded 2-core host can take longer than the fakes'
+# default 10 s deadline to start, load the SDK and flush: wait up to this long.
+BROWSER_DEADLINE = 30.0
+
 
 def initialize_answer() -> dict[str, Any]:
     """The least precomputed-values answer @statsig/js-client takes; the SDK flag lets it gzip
@@ -176,10 +180,14 @@ async def test_statsig_js_client_logs_through_the_relay_with_fetch_and_beacon(
             }""",
             [f"{relay_origin}/statsig/v1/rgstr", f"{site.origin}/v1/initialize", CLIENT_KEY],
         )
-        await downstream.wait_for(lambda: by_name(downstream, "add_to_cart"))
+        await downstream.wait_for(
+            lambda: by_name(downstream, "add_to_cart"), timeout=BROWSER_DEADLINE
+        )
         # Leaving the page: the SDK flushes what is queued with navigator.sendBeacon.
         await page.goto(f"{site.origin}/bye")
-        await downstream.wait_for(lambda: by_name(downstream, "left_page"))
+        await downstream.wait_for(
+            lambda: by_name(downstream, "left_page"), timeout=BROWSER_DEADLINE
+        )
         finished = int(time.time() * 1000)
 
         assert site.initialize_calls >= 1
@@ -227,8 +235,10 @@ async def test_segment_analytics_next_tracks_through_the_relay(
             }""",
             [WRITE_KEY, api_host],
         )
-        await downstream.wait_for(lambda: by_name(downstream, "Order Completed"))
-        await downstream.wait_for(lambda: by_name(downstream, "page"))
+        await downstream.wait_for(
+            lambda: by_name(downstream, "Order Completed"), timeout=BROWSER_DEADLINE
+        )
+        await downstream.wait_for(lambda: by_name(downstream, "page"), timeout=BROWSER_DEADLINE)
         finished = int(time.time() * 1000)
 
         (order,) = by_name(downstream, "Order Completed")

@@ -26,6 +26,10 @@ SERVER_KEY = "secret-node-sdk"
 WRITE_KEY = "wk-node-test"
 DOWNSTREAM_KEY = "secret-downstream"
 
+# A real browser or Node process on a loaded 2-core host can take longer than the fakes'
+# default 10 s deadline to start, load the SDK and flush: wait up to this long.
+BROWSER_DEADLINE = 30.0
+
 
 def relay_config(downstream: FakeStatsig) -> str:
     return f"""
@@ -106,7 +110,7 @@ async def test_statsig_node_logs_through_the_relay(relay_factory: RelayFactory) 
             SERVER_KEY,
         )
         assert '"gate":false' in out  # the fake's ruleset: enabled, no rules pass
-        await downstream.wait_for(lambda: by_name(downstream, "purchase"))
+        await downstream.wait_for(lambda: by_name(downstream, "purchase"), timeout=BROWSER_DEADLINE)
         (purchase,) = by_name(downstream, "purchase")
         assert purchase["user"]["userID"] == "u-node"
         assert purchase["user"]["email"] == "n@example.com"
@@ -147,7 +151,7 @@ async def test_statsig_node_core_logs_through_the_relay(relay_factory: RelayFact
         assert [r.path for r in config_api.requests] == [
             f"/v2/download_config_specs/{SERVER_KEY}.json"
         ]
-        await downstream.wait_for(lambda: by_name(downstream, "purchase"))
+        await downstream.wait_for(lambda: by_name(downstream, "purchase"), timeout=BROWSER_DEADLINE)
         (purchase,) = by_name(downstream, "purchase")
         assert purchase["user"]["email"] == "c@example.com"
         assert purchase["user"]["userID"] == "u-core"

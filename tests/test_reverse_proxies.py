@@ -31,6 +31,10 @@ from tests.test_browser_sdks import CLIENT_KEY, DOWNSTREAM_KEY, PageServer, by_n
 README = Path(__file__).resolve().parents[1] / "README.md"
 pytestmark = pytest.mark.usefixtures("js_packages")
 
+# A real browser or Node process on a loaded 2-core host can take longer than the fakes'
+# default 10 s deadline to start, load the SDK and flush: wait up to this long.
+BROWSER_DEADLINE = 30.0
+
 
 def readme_block(language: str) -> str:
     block = re.search(rf"```{language}\n(.*?)```", README.read_text(), re.S)
@@ -170,7 +174,9 @@ routes:
                 }""",
                 CLIENT_KEY,
             )
-            await downstream.wait_for(lambda: by_name(downstream, "checkout"))
+            await downstream.wait_for(
+                lambda: by_name(downstream, "checkout"), timeout=BROWSER_DEADLINE
+            )
             (checkout,) = by_name(downstream, "checkout")
             assert checkout["user"]["userID"] == "u-proxy"
             assert checkout["user"]["ip"] == "127.0.0.1"
@@ -193,7 +199,9 @@ routes:
                 ) as response,
             ):
                 assert response.status == 202
-            await downstream.wait_for(lambda: by_name(downstream, "forged"))
+            await downstream.wait_for(
+                lambda: by_name(downstream, "forged"), timeout=BROWSER_DEADLINE
+            )
             assert by_name(downstream, "forged")[0]["user"]["ip"] == "127.0.0.2"
             assert downstream.failures == []
         finally:
