@@ -417,15 +417,13 @@ class Deliverer:
                 result.dead.append((part, self._exhausted_reason(attempts, outcome)))
                 continue
             requeue.append(
-                NewRow(
-                    self.name,
+                self._requeued(
                     template.route,
-                    part.stored_json(),
-                    part.count,
+                    part,
                     first_received,
-                    attempts=attempts,
-                    next_attempt_ms=now + self._backoff_ms(attempts, outcome),
-                    last_error=outcome.reason,
+                    attempts,
+                    now + self._backoff_ms(attempts, outcome),
+                    outcome.reason,
                 )
             )
         for part in result.held:
@@ -434,15 +432,13 @@ class Deliverer:
                 result.dead.append((part, self._held_too_long_reason(refusal)))
                 continue
             requeue.append(
-                NewRow(
-                    self.name,
+                self._requeued(
                     template.route,
-                    part.stored_json(),
-                    part.count,
+                    part,
                     first_received,
-                    attempts=attempts - 1,  # a refused credential is not the events' attempt
-                    next_attempt_ms=int(self._probe_at * 1000),
-                    last_error=refusal.reason,
+                    attempts - 1,  # a refused credential is not the events' attempt
+                    int(self._probe_at * 1000),
+                    refusal.reason,
                 )
             )
         for part, reason in result.dead:
@@ -480,6 +476,21 @@ class Deliverer:
 
     def _held_too_long_reason(self, refusal: Outcome) -> str:
         return f"{UNAUTHORIZED}: held past max_age {self.config.max_age:g}s: {refusal.reason}"
+
+    def _requeued(
+        self, route: str, part: Batch, first_received: int, attempts: int, at_ms: int, error: str
+    ) -> NewRow:
+        """What is left of a claimed batch, back in the spool to be tried at ``at_ms``."""
+        return NewRow(
+            self.name,
+            route,
+            part.stored_json(),
+            part.count,
+            first_received,
+            attempts=attempts,
+            next_attempt_ms=at_ms,
+            last_error=error,
+        )
 
     def _exhausted(self, attempts: int, first_received_ms: int, now: int) -> bool:
         return (
