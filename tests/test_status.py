@@ -277,7 +277,9 @@ async def test_status_watch_refreshes_until_interrupted(
         await asyncio.wait_for(asyncio.to_thread(read_screens), timeout=30)
     finally:
         proc.send_signal(signal.SIGINT)
-        code = await asyncio.to_thread(proc.wait, 30)
+        # Keep reading while it exits: a full stdout pipe would block its last flush.
+        rest, _ = await asyncio.to_thread(proc.communicate, None, 30)
+        code = proc.returncode
     screens = seen.decode().split("\x1b[H\x1b[2J")[1:]
     assert len(screens) >= 3 and all("READY" in s and "archive" in s for s in screens[:3])
     assert code == 0
