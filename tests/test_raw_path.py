@@ -18,7 +18,9 @@ import orjson
 
 from relay.app import Relay
 from relay.config import parse_config
-from relay.raw import MAX_MS, MIN_MS, decode_exports
+from relay.events import MAX_NESTING
+from relay.raw import _BODY, MAX_MS, MIN_MS, _shallow, decode_exports
+from relay.sources.base import nesting_problem
 from relay.sources.statsig_webhook import normalise_export
 from relay.spool.rows import build_row
 from relay.targets.base import Batch
@@ -293,3 +295,27 @@ def test_a_body_of_plain_events_is_kept_whole_and_matches_the_dict_path() -> Non
     assert build_row("t", "r", raw, indices, NOW).body == body  # spliced, byte for byte
     expected = [e for e in events if normalise_export(e, NOW) is None]
     assert expected == events  # plain means the dict path would not change them either
+
+
+def test_long_events_take_the_whole_body_path_unless_they_may_nest_too_deep() -> None:
+    """Events longer than 2 * MAX_NESTING bytes (most real ones) must not send the body to the
+    per-event loop by their length alone: that cost twice the parse while nobody noticed."""
+    padding = "x" * 600
+    plain = [{"eventName": f"e{i}", "timestamp": NOW, "user": {"note": padding}} for i in range(3)]
+    assert _shallow(_BODY.decode(orjson.dumps(plain)))
+    brackets = [{**plain[0], "metadata": {"text": "[" * (MAX_NESTING + 1)}}]
+    assert not _shallow(_BODY.decode(orjson.dumps(brackets)))  # counted, strings or not
+    nested = b'{"eventName":"deep","timestamp":%d,"note":"%s","m":%s}' % (
+        NOW,
+        padding.encode(),
+        b'{"a":' * (MAX_NESTING + 10) + b"1" + b"}" * (MAX_NESTING + 10),
+    )
+    body = b"[" + nested + b"," + orjson.dumps(plain)[1:]
+    rejected: list[tuple[int, str]] = []
+    raw = decode_exports(  # the source's check, as in StatsigWebhookSource.parse_raw
+        body,
+        lambda e: nesting_problem(e) or normalise_export(e, NOW),
+        lambda i, r: rejected.append((i, r)),
+    )
+    assert raw is not None and [i for i, _ in rejected] == [0]
+    assert raw.names == ["e0", "e1", "e2"] and all(r is not None for r in raw.raws)

@@ -278,7 +278,7 @@ async def test_status_watch_refreshes_until_interrupted(
     finally:
         proc.send_signal(signal.SIGINT)
         # Keep reading while it exits: a full stdout pipe would block its last flush.
-        rest, _ = await asyncio.to_thread(proc.communicate, None, 30)
+        await asyncio.to_thread(proc.communicate, None, 30)
         code = proc.returncode
     screens = seen.decode().split("\x1b[H\x1b[2J")[1:]
     assert len(screens) >= 3 and all("READY" in s and "archive" in s for s in screens[:3])
