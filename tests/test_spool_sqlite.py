@@ -85,6 +85,35 @@ async def test_rows_replayed_by_another_process_are_claimed_by_the_running_spool
         await running.close()
 
 
+async def test_new_rows_still_commit_when_another_process_took_the_next_id(
+    tmp_path: Path,
+) -> None:
+    """Ingest gives ids from a counter (one statement, no query); a row another process
+    inserted meanwhile with that id sends the group to the transaction that asks SQLite."""
+    path = tmp_path / "s.db"
+    running = await open_spool(path)
+    try:
+        await running.enqueue([row("a"), row("b")])
+        await running.ack(await running.claim("t", 100, BIG, 30))  # the counter stays at 3
+        cli = await open_spool(path, lock=False)
+        try:  # `dlq replay` inserts with SQLite's own ids: max + 1, here 1 and 2 ... 3
+            await cli.enqueue([row("x1"), row("x2"), row("x3")])
+        finally:
+            await cli.close()
+        await running.enqueue([row("c")])  # id 3 is taken: must not fail, nor overwrite "x3"
+        found: list = []
+
+        async def all_claimed() -> bool:
+            found.extend(await running.claim("t", 100, BIG, 30))
+            return len(found) >= 4
+
+        await poll_until(all_claimed, timeout=5, interval=0.05)
+        assert sorted(tags(found)) == ["c", "x1", "x2", "x3"]
+        assert len({r.id for r in found}) == 4
+    finally:
+        await running.close()
+
+
 async def test_bodies_past_the_cache_are_read_back_from_the_file(
     tmp_path: Path, monkeypatch
 ) -> None:
