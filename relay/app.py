@@ -28,6 +28,7 @@ from .config import Config, load_config, split_host_port
 from .deliver import Deliverer
 from .events import now_ms
 from .guard import ClientAddress, Guard
+from .httplog import ProtocolLog
 from .ingest import Handler, Ingest, error_response
 from .metrics import RelayMetrics
 from .router import CompiledRoute, Router
@@ -186,10 +187,11 @@ class Relay:
         stack.push_async_callback(self._stop_deliverers)  # those running at that time
         for target in self.targets.values():
             self._start_deliverer(target)
-        self.admin_port = await self._listen(stack, create_admin_app(self), cfg.server.admin_listen)
+        admin = create_admin_app(self)
+        self.admin_port = await self._listen(stack, admin, cfg.server.admin_listen, "admin")
         public = web.Application(client_max_size=cfg.server.max_body)
         public.router.add_route("*", "/{tail:.*}", self._dispatch)
-        self.public_port = await self._listen(stack, public, cfg.server.listen)
+        self.public_port = await self._listen(stack, public, cfg.server.listen, "public")
 
     def _start_deliverer(self, target: Target) -> None:
         deliverer = Deliverer(target, self.spool, self.metrics, lambda text: self.redact(text))
@@ -207,11 +209,14 @@ class Relay:
             await target.close()
 
     async def _listen(
-        self, stack: contextlib.AsyncExitStack, app: web.Application, address: str
+        self, stack: contextlib.AsyncExitStack, app: web.Application, address: str, name: str
     ) -> int:
         host, port = split_host_port(address)
         runner = web.AppRunner(
-            app, access_log=None, shutdown_timeout=self.config.server.shutdown_grace
+            app,
+            access_log=None,
+            shutdown_timeout=self.config.server.shutdown_grace,
+            logger=ProtocolLog(name, self.metrics.bad_http_requests),
         )
         await runner.setup()
         # Cleanup stops accepting, then lets requests in flight finish (shutdown_timeout).

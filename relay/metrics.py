@@ -49,6 +49,12 @@ class RelayMetrics:
             ["source"],
             registry=r,
         )
+        self.bad_http_requests = Counter(
+            "relay_bad_http_requests",
+            "Requests aiohttp could not parse (answered 400; logged at most once a minute)",
+            ["listener"],
+            registry=r,
+        )
         self.events_without_user = Counter(
             "relay_events_without_user",
             "Events accepted without a userID or custom ID (Statsig cannot join them to a unit)",
