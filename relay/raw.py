@@ -49,12 +49,19 @@ class _Exposure(msgspec.Struct, gc=False):
     gateValue: Any = msgspec.UNSET
 
 
+class _Object(msgspec.Struct, gc=False):
+    """Any JSON object, its fields skipped: checks ``user`` is an object without building it
+    (a string, number, array or boolean fails the view, so the event takes the dict path,
+    whose normalisation refuses it)."""
+
+
 class _View(msgspec.Struct, gc=False):
     """The fields that decide whether an export event can stay as its bytes."""
 
     eventName: str = ""
     timestamp: int = -1
     metadata: _Exposure | None = None
+    user: _Object | None = None
 
 
 class _PlainView(msgspec.Struct, gc=False):
@@ -64,6 +71,7 @@ class _PlainView(msgspec.Struct, gc=False):
     eventName: Annotated[str, msgspec.Meta(min_length=1)]
     timestamp: Annotated[int, msgspec.Meta(gt=MIN_MS, lt=MAX_MS)]
     metadata: _Exposure | None = None
+    user: _Object | None = None
 
 
 class _KeyView(msgspec.Struct, gc=False):

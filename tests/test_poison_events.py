@@ -240,3 +240,48 @@ async def test_a_bug_is_a_logged_counted_json_500(
     monkeypatch.undo()
     status, _ = await send(relay, "app", "after", {})
     assert status == 200
+
+
+# (poison fields, reason): a user or metadata that is present, not null and not an object
+NOT_OBJECTS = [
+    ({"user": "u2"}, "user: expected an object, got str"),
+    ({"user": 7}, "user: expected an object, got int"),
+    ({"user": [{"userID": "u2"}]}, "user: expected an object, got list"),
+    ({"user": True}, "user: expected an object, got bool"),
+    ({"metadata": "x"}, "metadata: expected an object, got str"),
+    ({"metadata": 1.5}, "metadata: expected an object, got float"),
+    ({"metadata": []}, "metadata: expected an object, got list"),
+    ({"metadata": False}, "metadata: expected an object, got bool"),
+    # an exposure's missing metadata is created, a non-object one is not replaced
+    (
+        {"eventName": "statsig::gate_exposure", "metadata": "g", "statsigMetadata": {"gate": "g"}},
+        "metadata: expected an object, got str",
+    ),
+]
+
+
+@pytest.mark.parametrize("forward_raw", [True, False], ids=["raw", "dict"])
+async def test_statsig_user_or_metadata_that_is_not_an_object_is_refused_alone(
+    relay_factory: RelayFactory, sink: FakeTarget, forward_raw: bool
+) -> None:
+    relay = await relay_factory(config(sink.url, forward_raw))
+    for i, (bad, reason) in enumerate(NOT_OBJECTS):
+        await assert_alone_refused(relay, sink, "statsig", f"not_object_{i}", bad, reason)
+        # the rest of the body was kept as it was sent: no user or metadata added to it
+        good = [e for e in sink.events() if e["eventName"] == f"not_object_{i}"]
+        assert good == [{"eventName": f"not_object_{i}", "userID": "u1", "timestamp": GOOD_MS}]
+    # null is absent: relayed, and an exposure still gets its metadata from statsigMetadata
+    nulls = {"user": None, "metadata": None}
+    status, answer = await send(relay, "statsig", "nulls", nulls)
+    assert status == 200 and rejected_count(answer) == 0, answer
+    exposure = {**nulls, "eventName": "statsig::gate_exposure", "statsigMetadata": {"gate": "g"}}
+    status, answer = await send(relay, "statsig", "nulls_exposure", exposure)
+    assert status == 200 and rejected_count(answer) == 0, answer
+    await sink.wait_for(lambda: len([e for e in sink.events() if "user" in e]) == 2)
+    relayed = {e["eventName"]: e for e in sink.events() if e.get("userID") == "u2"}
+    assert relayed["poison"]["metadata"] is None and relayed["poison"]["user"] is None
+    assert relayed["statsig::gate_exposure"]["metadata"] == {"gate": "g"}
+    rejected = metric(
+        relay, "relay_events_rejected_total", source="statsig", reason="malformed_event"
+    )
+    assert rejected == len(NOT_OBJECTS)

@@ -129,6 +129,9 @@ def _event(rng: random.Random, plain: bool) -> Any:
         for _ in range(rng.choice([30, 120, 198, 199, 220, 300])):
             deep = {"d": deep} if rng.random() < objects else [deep]
         event["metadata"] = {"deep": deep}
+    if rng.random() < 0.08 and not plain:  # not an object: refused alone; null: as if absent
+        field = rng.choice(["user", "metadata"])
+        event[field] = rng.choice(["not an object", 7, 1.5, [], [{"a": 1}], True, False, None])
     if rng.random() < 0.3:  # key order is part of what must survive
         items = list(event.items())
         rng.shuffle(items)
@@ -269,6 +272,25 @@ def test_most_events_of_a_plain_batch_stay_as_their_bytes() -> None:
     assert raw is not None and not rejected
     assert [r is not None for r in raw.raws] == [True, True, False]
     assert raw.dicts[2] == {"eventName": "add_to_cart", "timestamp": NOW}
+
+
+def test_a_user_or_metadata_that_is_not_an_object_is_refused_alone_on_the_raw_path() -> None:
+    """The views check the type without building the object; the refused event takes the
+    dict path's reason, the others stay as their bytes."""
+    good = {"eventName": "a", "timestamp": NOW, "user": {"userID": "u"}, "metadata": None}
+    events = [good, {**good, "user": "u"}, {**good, "metadata": [1]}, {**good, "user": None}]
+    rejected: list[tuple[int, str]] = []
+    raw = decode_exports(
+        orjson.dumps(events),
+        lambda e: normalise_export(e, NOW),
+        lambda i, r: rejected.append((i, r)),
+    )
+    assert rejected == [
+        (1, "user: expected an object, got str"),
+        (2, "metadata: expected an object, got list"),
+    ]
+    assert raw is not None and raw.names == ["a", "a"]
+    assert all(r is not None for r in raw.raws)
 
 
 def test_a_row_with_a_number_orjson_refuses_still_decodes_for_re_encoding_targets() -> None:

@@ -52,6 +52,10 @@ _EXPOSURE_NAMES = frozenset(
     for name in (f"statsig::{category}" for category in EXPOSURE_CATEGORIES)
     if category_of(name) in EXPOSURE_CATEGORIES
 )
+# Fields that, when present and not null, must be JSON objects: a target reads keys from them,
+# and a string or array there would fail at delivery instead of at ingest. relay/raw.py's
+# views check the same fields.
+_OBJECT_FIELDS = ("user", "metadata")
 
 
 @dataclass(kw_only=True)
@@ -195,11 +199,19 @@ class StatsigWebhookSource(Source):
             if type(item) is dict:
                 name = item.get("eventName")
                 stamp = item.get("timestamp")
-                if type(name) is str and name and type(stamp) is int and MIN_MS <= stamp <= MAX_MS:
+                user = item.get("user")
+                metadata = item.get("metadata")
+                if (
+                    type(name) is str
+                    and name
+                    and type(stamp) is int
+                    and MIN_MS <= stamp <= MAX_MS
+                    and (user is None or type(user) is dict)
+                    and (metadata is None or type(metadata) is dict)
+                ):
                     if name not in exposures:
                         events.append(item)
                         continue
-                    metadata = item.get("metadata")
                     if (
                         type(metadata) is dict
                         and ("gate" in metadata or "config" in metadata)
@@ -247,6 +259,10 @@ def normalise_export(item: Any, received_ms: int) -> str | None:
     if not isinstance(item, dict):
         return f"expected an object, got {type(item).__name__}"
     event: Event = item
+    for field in _OBJECT_FIELDS:
+        value = event.get(field)
+        if value is not None and not isinstance(value, dict):
+            return f"{field}: expected an object, got {type(value).__name__}"
     name = event.get("eventName")
     if not isinstance(name, str) or not name:
         return "missing eventName"
