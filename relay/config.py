@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -63,14 +64,46 @@ class Config:
 
 
 def split_host_port(address: str) -> tuple[str, int]:
-    """``host:port`` or ``[v6]:port`` into its parts."""
+    """``host:port`` or ``[v6]:port`` into its parts; refuses what could only fail at bind time
+    (no DNS lookup: a name is checked for its syntax only)."""
     host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
+    if not sep or not (port.isascii() and port.isdigit()):
         raise ValueError(f"expected host:port, got {address!r}")
     if int(port) > 65535:
         raise ValueError(f"port {port} is out of range (0-65535) in {address!r}")
-    host = host.strip("[]")
+    if host.startswith("[") or host.endswith("]"):
+        inner = host[1:-1] if host.startswith("[") and host.endswith("]") else ""
+        if not _is_ip(inner, ipaddress.IPv6Address):
+            raise ValueError(f"{host!r} is not a bracketed IPv6 address in {address!r}")
+        return inner, int(port)
+    if ":" in host:  # an IPv6 address without brackets, as older configs may have it
+        if not _is_ip(host, ipaddress.IPv6Address):
+            raise ValueError(f"{host!r} is not an IPv6 address (use [addr]:port) in {address!r}")
+    elif host and set(host) <= _DOTTED:
+        if not _is_ip(host, ipaddress.IPv4Address):
+            raise ValueError(f"{host!r} is not a valid IPv4 address in {address!r}")
+    elif host and not _HOSTNAME.fullmatch(host):
+        raise ValueError(
+            f"{host!r} is not a valid host name (letters, digits, hyphens, dots) in {address!r}"
+        )
     return host or "0.0.0.0", int(port)
+
+
+_DOTTED = frozenset("0123456789.")
+# RFC 1123 labels: 1-63 letters, digits and inner hyphens; 253 characters in all.
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}\.?$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?",
+    re.ASCII,
+)
+
+
+def _is_ip(text: str, kind: type[ipaddress.IPv4Address | ipaddress.IPv6Address]) -> bool:
+    try:
+        kind(text)
+    except ValueError:
+        return False
+    return True
 
 
 def expand(value: Any, env: Mapping[str, str], path: str = "") -> Any:

@@ -40,6 +40,18 @@ BAD = {
         config("{listen: '127.0.0.1', admin_listen: '127.0.0.1:ADMIN'}"),
         "server.listen: expected host:port, got '127.0.0.1'",
     ),
+    "listen host not an IPv4 address": (
+        config("{listen: '256.1.1.1:8080', admin_listen: '127.0.0.1:ADMIN'}"),
+        "server.listen: '256.1.1.1' is not a valid IPv4 address in '256.1.1.1:8080'",
+    ),
+    "admin host not an IPv6 address": (
+        config("{listen: '127.0.0.1:PORT', admin_listen: '[::1::2]:9102'}"),
+        "server.admin_listen: '[::1::2]' is not a bracketed IPv6 address",
+    ),
+    "listen host name with an underscore": (
+        config("{listen: 'relay_host:8080', admin_listen: '127.0.0.1:ADMIN'}"),
+        "server.listen: 'relay_host' is not a valid host name",
+    ),
     "log format": (
         config("{listen: '127.0.0.1:PORT', admin_listen: '127.0.0.1:ADMIN', log_format: xml}"),
         "server.log_format: must be text or json",

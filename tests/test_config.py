@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.config import expand, load_config, parse_config
+from relay.config import expand, load_config, parse_config, split_host_port
 from relay.schema import ConfigError
 
 BASE = """
@@ -94,6 +94,51 @@ def test_unknown_top_level_key_and_bad_yaml() -> None:
         parse_config("sourcez: {}\n", env={})
     with pytest.raises(ConfigError, match="not valid YAML"):
         parse_config("sources: [\n", env={})
+
+
+@pytest.mark.parametrize(
+    ("address", "host", "port"),
+    [
+        ("127.0.0.1:8080", "127.0.0.1", 8080),
+        (":8080", "0.0.0.0", 8080),
+        ("localhost:0", "localhost", 0),
+        ("relay-1.internal.example:65535", "relay-1.internal.example", 65535),
+        ("[::1]:9102", "::1", 9102),
+        ("[::ffff:127.0.0.1]:80", "::ffff:127.0.0.1", 80),
+        (":::8080", "::", 8080),  # unbracketed IPv6, as older configs may have it
+    ],
+)
+def test_usable_listen_addresses_load(address: str, host: str, port: int) -> None:
+    config = parse_config(BASE + f"server: {{listen: '{address}'}}", env={"SECRET": "x"})
+    assert split_host_port(config.server.listen) == (host, port)
+
+
+@pytest.mark.parametrize(
+    ("address", "words"),
+    [
+        ("256.1.1.1:8080", "not a valid IPv4 address"),
+        ("1.2.3:8080", "not a valid IPv4 address"),
+        ("010.0.0.1:8080", "not a valid IPv4 address"),
+        ("127.0.0.1:65536", "out of range"),
+        ("[::1::2]:8080", "not a bracketed IPv6 address"),
+        ("[127.0.0.1]:8080", "not a bracketed IPv6 address"),
+        ("[::1:8080", "not a bracketed IPv6 address"),
+        ("::zz:8080", "not an IPv6 address"),
+        ("relay_host:8080", "not a valid host name"),
+        ("-relay:8080", "not a valid host name"),
+        ("a..b:8080", "not a valid host name"),
+        ("relay host:8080", "not a valid host name"),
+        ("127.0.0.1:８０", "expected host:port"),
+    ],
+)
+@pytest.mark.parametrize("key", ["listen", "admin_listen"])
+def test_unusable_listen_addresses_are_refused_naming_the_key(
+    address: str, words: str, key: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(BASE + f"server: {{{key}: '{address}'}}", env={"SECRET": "x"})
+    assert err.value.path == f"server.{key}"
+    assert words in str(err.value)
 
 
 def test_expand_leaves_plain_strings_alone() -> None:
