@@ -154,8 +154,10 @@ class SqliteSpool(Spool):
         self._bodies_size = 0
         self._data_version = 0
         self._synced_at = 0.0
-        # The id the next queued row gets (only the SQLite thread reads or writes it): ids only
-        # grow, so an insert needs no query for them; 0 until the file is open.
+        # The id the next queued row gets (only the SQLite thread reads or writes it), so an
+        # insert needs no query for its ids; 0 until the file is open. Not every id is below it:
+        # a dead-letter replay in this process takes SQLite's MAX(id) + 1, and a clash makes
+        # the one-statement insert fail whole and fall back to the transaction.
         self._next_id = 0
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -255,7 +257,9 @@ class SqliteSpool(Spool):
         rows = [r for w in group for r in w.rows]
         keys = [k for w in group for k in w.keys]
         dead = [d for w in group for d in w.dead]
-        alone = not (keys or dead or any(w.retry for w in group))
+        # In a transaction (one a failed ROLLBACK left open), a lone statement would not be
+        # committed by itself: only the explicit path may run then.
+        alone = not (keys or dead or db.in_transaction or any(w.retry for w in group))
         if alone and rows and not delete and len(rows) * _QUEUE_WIDTH <= _MAX_PARAMS:
             ids = self._insert_alone(rows)
             if ids is not None:
@@ -263,6 +267,8 @@ class SqliteSpool(Spool):
         elif alone and delete and not rows and len(delete) <= _MAX_PARAMS:
             db.execute(f"DELETE FROM queue WHERE id IN ({_marks(len(delete))})", delete)
             return []
+        if db.in_transaction:
+            db.execute("ROLLBACK")  # left open by a group whose callers were told it failed
         db.execute("BEGIN IMMEDIATE")
         try:
             for chunk in _chunks(delete, _MAX_PARAMS):
@@ -297,7 +303,10 @@ class SqliteSpool(Spool):
                 )
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            # SQLite may have rolled back already (disk full): a ROLLBACK then would raise and
+            # hide the error that matters.
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
         if ids:
             self._next_id = ids[-1] + 1
