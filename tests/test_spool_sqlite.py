@@ -137,14 +137,14 @@ async def test_a_group_commit_carries_acks_and_new_rows_in_one_transaction(
 ) -> None:
     spool = await open_spool(tmp_path / "s.db")
     transactions = 0
-    write_group = spool._write_group
+    commit_group = spool._commit_group
 
-    def counting(writes: list) -> list:
+    async def counting(writes: list) -> None:
         nonlocal transactions
         transactions += 1
-        return write_group(writes)
+        await commit_group(writes)
 
-    spool._write_group = counting  # type: ignore[method-assign]
+    spool._group_commit._write = counting
     try:
         await spool.enqueue([row("a")])
         first = await spool.claim("t", 100, BIG, 30)
