@@ -118,6 +118,20 @@ def proc_cpu_s(pid: int) -> float | None:
         return None
 
 
+def tree_cpu_s(pid: int) -> float | None:
+    """CPU seconds of the process and its descendants (the relay's spool writer process)."""
+    if proc_cpu_s(pid) is None:
+        return None
+    return sum(proc_cpu_s(p) or 0.0 for p in proc_tree(pid))
+
+
+def tree_status_kb(pid: int, field: str) -> int | None:
+    """A memory field (VmRSS, VmHWM) summed over the process and its descendants."""
+    if proc_status_int(pid, field) is None:
+        return None
+    return sum(proc_status_int(p, field) or 0 for p in proc_tree(pid))
+
+
 def proc_tree(pid: int, limit: int = 64) -> list[int]:
     """The process and its descendants (bounded), for relays that fork workers."""
     out, todo = [], [pid]
@@ -282,7 +296,7 @@ def run_bench(args: argparse.Namespace, procs: Procs, tmpdir: Path) -> dict[str,
     relay = procs.start("relay", relay_cmd, Path(args.relay_cwd), relay_log, env)
     admin = f"http://127.0.0.1:{admin_port}"
     ready_s = wait_ready(admin + args.ready_path, relay, args.ready_timeout, "relay", relay_log)
-    relay_cpu0 = proc_cpu_s(relay.pid) or 0.0
+    relay_cpu0 = tree_cpu_s(relay.pid) or 0.0
     sink_cpu0 = proc_cpu_s(sink.pid) or 0.0
 
     # 3. load
@@ -303,7 +317,7 @@ def run_bench(args: argparse.Namespace, procs: Procs, tmpdir: Path) -> dict[str,
     t_load = time.monotonic()
     load_deadline = t_load + args.duration + 40
     while lg.poll() is None and time.monotonic() < load_deadline:
-        rss_kb = proc_status_int(relay.pid, "VmRSS")
+        rss_kb = tree_status_kb(relay.pid, "VmRSS")
         if rss_kb is not None:
             rss_samples.append((round(time.monotonic() - t_load, 1), rss_kb))
         with suppress(subprocess.TimeoutExpired):
@@ -341,10 +355,11 @@ def run_bench(args: argparse.Namespace, procs: Procs, tmpdir: Path) -> dict[str,
     # 5. relay footprint and metrics
     relay_alive = relay.poll() is None
     tree = proc_tree(relay.pid) if relay_alive else []
-    hwm_kb = proc_status_int(relay.pid, "VmHWM") if relay_alive else None
+    # Peak RSS of the relay's processes, summed (each process's own peak: an upper bound).
+    hwm_kb = tree_status_kb(relay.pid, "VmHWM") if relay_alive else None
     threads = proc_status_int(relay.pid, "Threads") if relay_alive else None
     tree_hwm_kb = sum(proc_status_int(p, "VmHWM") or 0 for p in tree)
-    relay_cpu = (proc_cpu_s(relay.pid) or relay_cpu0) - relay_cpu0 if relay_alive else None
+    relay_cpu = (tree_cpu_s(relay.pid) or relay_cpu0) - relay_cpu0 if relay_alive else None
     sink_cpu = (proc_cpu_s(sink.pid) or sink_cpu0) - sink_cpu0
     metrics_text = ""
     if relay_alive:
