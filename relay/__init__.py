@@ -1,10 +1,5 @@
 """statsig-relay: moves events between Statsig and other systems, durably."""
 
-from __future__ import annotations
-
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("statsig-relay")
-except PackageNotFoundError:  # running from a source tree
-    __version__ = "0.1.0"
+# The one place the version is written: pyproject.toml reads it (``dynamic = ["version"]``), so
+# it needs no importlib.metadata at start-up (the spool's writer process imports this package).
+__version__ = "0.1.0"

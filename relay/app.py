@@ -34,7 +34,8 @@ from .metrics import RelayMetrics
 from .router import CompiledRoute, Router
 from .schema import ConfigError
 from .sources import SOURCES, Source
-from .spool import Spool, create_spool
+from .spool.backends import create_spool
+from .spool.base import Spool
 from .state import KeyLedger
 from .status import CounterRing, Redactor, TargetState, document, read_counters
 from .targets import TARGETS, Target

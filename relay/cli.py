@@ -26,7 +26,7 @@ from .schema import ConfigError
 
 if TYPE_CHECKING:
     from .dlq import DeadFilter, Selected
-    from .spool import Spool
+    from .spool.base import Spool
 
 DEFAULT_CONFIG = os.environ.get("RELAY_CONFIG", "config.yaml")
 
@@ -175,7 +175,7 @@ def routing_table(config: Config) -> str:
 
 async def _dlq(section: SpoolSection, args: argparse.Namespace) -> int:
     from . import dlq
-    from .spool import create_spool
+    from .spool.backends import create_spool
     from .spool.sqlite import SqliteSpoolConfig
 
     cfg = section.spool

@@ -21,7 +21,7 @@ from .guard import check_source, parse_networks
 from .router import RouteConfig
 from .schema import ByteSize, ConfigError, Duration, build
 from .sources import SOURCES, SourceConfig
-from .spool import spool_config
+from .spool.backends import spool_config
 from .targets import TARGETS, TargetConfig
 
 _VAR = re.compile(r"\$\{([^${}]+)\}")

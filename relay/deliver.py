@@ -35,7 +35,8 @@ from tenacity.wait import wait_random_exponential
 
 from .events import now_ms
 from .metrics import RelayMetrics
-from .spool.base import DeadRow, NewRow, Spool, SpoolRow, dead_from
+from .spool.base import Spool
+from .spool.records import DeadRow, NewRow, SpoolRow, dead_from
 from .targets.base import Batch, Outcome, Target, Verdict
 
 logger = logging.getLogger(__name__)

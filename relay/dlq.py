@@ -20,7 +20,8 @@ from typing import Any
 import orjson
 
 from .schema import ConfigError, parse_duration
-from .spool import DeadRow, NewRow, Spool
+from .spool.base import Spool
+from .spool.records import DeadRow, NewRow
 
 ALL_ROWS = 2**31 - 1  # dead_rows() limit meaning "every row"
 

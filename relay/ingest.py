@@ -27,7 +27,8 @@ from .metrics import RelayMetrics
 from .raw import RawEvents
 from .router import Router
 from .sources.base import Endpoint, Parsed, Source, SourceError
-from .spool.base import NewRow, Spool, SpoolFull
+from .spool.base import Spool, SpoolFull
+from .spool.records import NewRow
 from .spool.rows import build_row
 from .state import KeyLedger, StateKey, route_keys
 

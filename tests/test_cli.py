@@ -8,7 +8,7 @@ from pathlib import Path
 
 import orjson
 
-from relay.spool.base import DeadRow, NewRow
+from relay.spool.records import DeadRow, NewRow
 from relay.spool.sqlite import SqliteSpool, SqliteSpoolConfig
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ import pytest
 
 from relay.cli import main
 from relay.dlq import DeadFilter, DlqError, Pacer, purge, replay, select
-from relay.spool.base import DeadRow
+from relay.spool.records import DeadRow
 from relay.spool.sqlite import SqliteSpool, SqliteSpoolConfig
 from tests.conftest import RelayFactory, post_export
 from tests.daemon import REPO_ROOT, free_port

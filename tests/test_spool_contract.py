@@ -23,7 +23,8 @@ import redis.asyncio as aioredis
 
 from relay.events import now_ms
 from relay.schema import ByteSize
-from relay.spool.base import NewRow, Spool, SpoolFull, SpoolRow, dead_from
+from relay.spool.base import Spool, SpoolFull
+from relay.spool.records import NewRow, SpoolRow, dead_from
 from relay.spool.redis import RedisSpool, RedisSpoolConfig
 from relay.spool.sqlite import SqliteSpool, SqliteSpoolConfig
 from tests.fakes import poll_until

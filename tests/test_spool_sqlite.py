@@ -10,8 +10,8 @@ import orjson
 
 from relay.events import now_ms
 from relay.spool import sqlite as sqlite_spool
-from relay.spool.base import NewRow
 from relay.spool.due import DueIndex, QueuedRow
+from relay.spool.records import NewRow
 from relay.spool.sqlite import SqliteSpool, SqliteSpoolConfig
 from tests.fakes import poll_until
 

@@ -13,8 +13,8 @@ import orjson
 import pytest
 
 from relay.events import now_ms
-from relay.spool.base import NewRow
 from relay.spool.file_host import ProcessHost, WriterGone
+from relay.spool.records import NewRow
 from relay.spool.sqlite import SqliteSpool, SqliteSpoolConfig
 from tests.daemon import DaemonProcess, free_port
 from tests.fakes import FakeTargetFactory, poll_until

@@ -18,7 +18,7 @@ import pytest
 
 from relay.app import Relay
 from relay.events import now_ms
-from relay.spool.base import NewRow
+from relay.spool.records import NewRow
 from tests.conftest import RelayFactory, admin_url, get, metric, spool_empty
 from tests.fake_statsig import FakeStatsig
 from tests.fakes import Answer, FakeTarget, FakeTargetFactory, poll_until

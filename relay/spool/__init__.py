@@ -1,44 +1,6 @@
-"""Spool backends by name: ``sqlite`` (embedded default) and ``redis`` (several replicas)."""
+"""The spool: the durable queue between ingest and delivery.
 
-from __future__ import annotations
-
-from typing import Any
-
-from ..schema import ConfigError, build
-from .base import DeadRow, NewRow, Spool, SpoolFull, SpoolRow, SpoolStats, TargetDepth
-from .sqlite import SqliteSpool, SqliteSpoolConfig
-
-
-def spool_config(data: Any, path: str = "spool") -> Any:
-    """Validate the ``spool:`` section for the backend it names."""
-    data = dict(data or {})
-    backend = data.get("backend", "sqlite")
-    if backend == "sqlite":
-        return build(SqliteSpoolConfig, data, path)
-    if backend == "redis":
-        from .redis import RedisSpoolConfig
-
-        return build(RedisSpoolConfig, data, path)
-    raise ConfigError(f"{path}.backend", f"unknown spool backend {backend!r}; use sqlite or redis")
-
-
-def create_spool(config: Any, lock: bool = True) -> Spool:
-    """The spool for a validated ``spool:`` section (``lock=False`` for the DLQ commands)."""
-    if isinstance(config, SqliteSpoolConfig):
-        return SqliteSpool(config, lock=lock)
-    from .redis import RedisSpool
-
-    return RedisSpool(config)
-
-
-__all__ = [
-    "DeadRow",
-    "NewRow",
-    "Spool",
-    "SpoolFull",
-    "SpoolRow",
-    "SpoolStats",
-    "TargetDepth",
-    "create_spool",
-    "spool_config",
-]
+The contract is :mod:`relay.spool.base` (records in :mod:`relay.spool.records`); the backends
+are chosen by name in :mod:`relay.spool.backends`. This package imports nothing itself, so the
+spool's writer process (:mod:`relay.spool.writer`) starts without the relay's event loop code.
+"""

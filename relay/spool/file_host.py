@@ -7,10 +7,7 @@ commit whose fsync takes 0.4 ms took ~5 ms from hand-off to return, and every re
 for one. A process has its own interpreter: the commit costs its fsync plus one round trip on a
 Unix socket, and the statements' CPU leaves the event loop's core.
 
-The two sides speak in frames (4-byte length, then a pickle of ``(operation, arguments)`` one
-way and ``(ok, result or exception)`` the other), answered in order, one at a time. The
-process ignores SIGINT and SIGTERM (the relay stops it with ``close`` after its last commit) and
-exits when its socket closes, so a relay killed with -9 does not leave it behind.
+The process's side is :mod:`relay.spool.writer` (it says how the two sides speak).
 """
 
 from __future__ import annotations
@@ -18,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import pickle
-import signal
 import socket
 import sys
 from abc import ABC, abstractmethod
@@ -27,10 +23,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .sqlite_file import SpoolFile
+from .writer import HEADER_BYTES
 
 logger = logging.getLogger(__name__)
 
-_HEADER = 4  # bytes of a frame's length, big-endian
 _STOP_TIMEOUT_S = 10.0
 
 
@@ -89,7 +85,7 @@ class ThreadHost(FileHost):
 
 
 class ProcessHost(FileHost):
-    """The file in a child process (``python -m relay.spool.file_host``)."""
+    """The file in a child process (``python -m relay.spool.writer``)."""
 
     def __init__(self, path: str, synchronous: str, lock: bool) -> None:
         self._args = (path, synchronous, "lock" if lock else "nolock")
@@ -109,7 +105,7 @@ class ProcessHost(FileHost):
             self._process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "relay.spool.file_host",
+                "relay.spool.writer",
                 str(theirs.fileno()),
                 *self._args,
                 stdin=asyncio.subprocess.DEVNULL,
@@ -131,7 +127,7 @@ class ProcessHost(FileHost):
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending.append(future)  # before writing: replies come back in this order
         try:
-            self._writer.write(len(frame).to_bytes(_HEADER, "big") + frame)
+            self._writer.write(len(frame).to_bytes(HEADER_BYTES, "big") + frame)
             await self._writer.drain()
         except ConnectionError as exc:  # the reader fails ``future`` too, and says why
             raise WriterGone("the spool's writer process went away") from exc
@@ -140,7 +136,7 @@ class ProcessHost(FileHost):
     async def _read_replies(self, reader: asyncio.StreamReader) -> None:
         try:
             while True:
-                size = int.from_bytes(await reader.readexactly(_HEADER), "big")
+                size = int.from_bytes(await reader.readexactly(HEADER_BYTES), "big")
                 ok, result = pickle.loads(await reader.readexactly(size))
                 future = self._pending.popleft()
                 if future.done():  # its caller was cancelled
@@ -178,65 +174,3 @@ class ProcessHost(FileHost):
             if self._reader_task is not None:
                 await self._reader_task
                 self._reader_task = None
-
-
-def serve(sock: socket.socket, file: SpoolFile) -> None:
-    """The writer process's loop: one call at a time, answered in order, until ``close`` or
-    until the relay's end of the socket closes."""
-    operations = file.operations()
-    try:
-        while True:
-            head = _receive(sock, _HEADER)
-            if head is None:
-                return
-            payload = _receive(sock, int.from_bytes(head, "big"))
-            if payload is None:
-                return
-            operation, args = pickle.loads(payload)
-            try:
-                reply = pickle.dumps((True, operations[operation](*args)), pickle.HIGHEST_PROTOCOL)
-            except Exception as exc:  # the relay's caller gets it, as from a thread
-                reply = pickle.dumps((False, _portable(exc)), pickle.HIGHEST_PROTOCOL)
-            sock.sendall(len(reply).to_bytes(_HEADER, "big") + reply)
-            if operation == "close":
-                return
-    except ConnectionError:
-        return  # the relay is gone (killed): nothing is waiting for an answer
-    finally:
-        file.close()
-
-
-def _receive(sock: socket.socket, size: int) -> bytes | None:
-    """Exactly ``size`` bytes, or None when the other end closed."""
-    buffer = bytearray(size)
-    view = memoryview(buffer)
-    got = 0
-    while got < size:
-        n = sock.recv_into(view[got:])
-        if n == 0:
-            return None
-        got += n
-    return bytes(buffer)
-
-
-def _portable(exc: Exception) -> Exception:
-    """``exc`` if it survives a pickle round trip, else a RuntimeError naming it."""
-    try:
-        pickle.loads(pickle.dumps(exc))
-    except Exception:
-        return RuntimeError(f"{type(exc).__name__}: {exc}")
-    return exc
-
-
-def main(argv: list[str]) -> None:
-    fd, path, synchronous, lock = argv
-    # The relay decides when this process ends (close, or its socket closing), so a Ctrl-C or
-    # a systemd stop sent to the whole group does not cut the relay's last commits short.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    with socket.socket(fileno=int(fd)) as sock:
-        serve(sock, SpoolFile(path, synchronous, lock == "lock"))
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

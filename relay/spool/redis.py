@@ -48,16 +48,8 @@ from urllib.parse import urlsplit
 
 from ..events import now_ms
 from ..schema import ByteSize, ConfigError, Duration, secret
-from .base import (
-    DeadRow,
-    GroupCommit,
-    NewRow,
-    Spool,
-    SpoolFull,
-    SpoolRow,
-    SpoolStats,
-    TargetDepth,
-)
+from .base import GroupCommit, Spool, SpoolFull
+from .records import DeadRow, NewRow, SpoolRow, SpoolStats, TargetDepth
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import orjson
 
 from ..raw import RawEvents
-from .base import NewRow
+from .records import NewRow
 
 
 def build_row(

@@ -25,17 +25,10 @@ from typing import Any, Literal
 
 from ..events import now_ms
 from ..schema import ByteSize
-from .base import (
-    DeadRow,
-    GroupCommit,
-    NewRow,
-    Spool,
-    SpoolFull,
-    SpoolRow,
-    SpoolStats,
-)
+from .base import GroupCommit, Spool, SpoolFull
 from .due import DueIndex, QueuedRow
 from .file_host import FileHost, ProcessHost, ThreadHost
+from .records import DeadRow, NewRow, SpoolRow, SpoolStats
 from .sqlite_file import Opened, Write
 
 logger = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .base import DeadRow, NewRow, SpoolStats, TargetDepth
+from .records import DeadRow, NewRow, SpoolStats, TargetDepth
 
 # AUTOINCREMENT: a dead row's id is what an operator passes to `dlq replay/purge --id`; it must
 # never name another row later (plain INTEGER PRIMARY KEY reuses the highest id once deleted).
