@@ -29,4 +29,3 @@ def create_spool(config: Any, lock: bool = True) -> Spool:
     from .redis import RedisSpool
 
     return RedisSpool(config)
-

@@ -127,7 +127,7 @@ class ProcessHost(FileHost):
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending.append(future)  # before writing: replies come back in this order
         try:
-            self._writer.write(len(frame).to_bytes(HEADER_BYTES, "big") + frame)
+            self._writer.writelines((len(frame).to_bytes(HEADER_BYTES, "big"), frame))
             await self._writer.drain()
         except ConnectionError as exc:  # the reader fails ``future`` too, and says why
             raise WriterGone("the spool's writer process went away") from exc

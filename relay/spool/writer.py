@@ -13,6 +13,7 @@ every module it loads is resident memory for the life of the relay.
 
 from __future__ import annotations
 
+import io
 import pickle
 import signal
 import socket
@@ -36,11 +37,14 @@ def serve(sock: socket.socket, file: SpoolFile) -> None:
             if payload is None:
                 return
             operation, args = pickle.loads(payload)
+            del payload
             try:
-                reply = pickle.dumps((True, operations[operation](*args)), pickle.HIGHEST_PROTOCOL)
+                reply = _frame((True, operations[operation](*args)))
             except Exception as exc:  # the relay's caller gets it, as from a thread
-                reply = pickle.dumps((False, _portable(exc)), pickle.HIGHEST_PROTOCOL)
-            sock.sendall(len(reply).to_bytes(HEADER_BYTES, "big") + reply)
+                reply = _frame((False, _portable(exc)))
+            with reply.getbuffer() as view:
+                sock.sendall(view)
+            del reply, args  # nothing of this call stays resident while the next is awaited
             if operation == "close":
                 return
     except ConnectionError:
@@ -49,8 +53,21 @@ def serve(sock: socket.socket, file: SpoolFile) -> None:
         file.close()
 
 
-def _receive(sock: socket.socket, size: int) -> bytes | None:
-    """Exactly ``size`` bytes, or None when the other end closed."""
+def _frame(message: object) -> io.BytesIO:
+    """``message`` pickled behind its length, in one buffer: sent with one system call and no
+    copy of the (up to megabytes of) row bodies it holds."""
+    buffer = io.BytesIO()
+    buffer.write(bytes(HEADER_BYTES))
+    pickle.dump(message, buffer, pickle.HIGHEST_PROTOCOL)
+    size = buffer.tell() - HEADER_BYTES
+    with buffer.getbuffer() as view:
+        view[:HEADER_BYTES] = size.to_bytes(HEADER_BYTES, "big")
+    return buffer
+
+
+def _receive(sock: socket.socket, size: int) -> bytearray | None:
+    """Exactly ``size`` bytes (not copied again: pickle reads a bytearray), or None when the
+    other end closed."""
     buffer = bytearray(size)
     view = memoryview(buffer)
     got = 0
@@ -59,7 +76,7 @@ def _receive(sock: socket.socket, size: int) -> bytes | None:
         if n == 0:
             return None
         got += n
-    return bytes(buffer)
+    return buffer
 
 
 def _portable(exc: Exception) -> Exception:
