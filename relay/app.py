@@ -116,6 +116,7 @@ class Relay:
             self.metrics,
             config.server.max_body,
             config.server.retry_after,
+            config.server.body_timeout,
         )
         endpoints: dict[tuple[str, str], Handler] = {}
         address = ClientAddress(config.server.trusted_proxies)

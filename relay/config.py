@@ -33,6 +33,9 @@ class ServerConfig:
     listen: str = "0.0.0.0:8080"
     admin_listen: str = "127.0.0.1:9102"
     max_body: ByteSize = ByteSize(5 * 1024**2)
+    # A request body not complete this long after its headers is answered 408 (and the
+    # connection closed): a stalled client does not hold a handler for ever.
+    body_timeout: Duration = Duration(30.0)
     shutdown_grace: Duration = Duration(20.0)  # finish in-flight work for this long on SIGTERM
     retry_after: Duration = Duration(5.0)  # Retry-After sent with 503 when the spool is full
     log_level: str = "info"
@@ -47,6 +50,8 @@ class ServerConfig:
                 split_host_port(getattr(self, key))
             except ValueError as exc:
                 raise ConfigError(key, str(exc)) from None
+        if self.body_timeout <= 0:
+            raise ConfigError("body_timeout", "must be more than 0s")
         if self.log_format not in ("text", "json"):
             raise ConfigError("log_format", "must be text or json")
         if self.log_level.lower() not in LOG_LEVELS:

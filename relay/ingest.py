@@ -12,6 +12,7 @@ logged with its traceback and counted in ``relay_internal_errors_total``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -72,12 +73,14 @@ class Ingest:
         metrics: RelayMetrics,
         max_body: int,
         retry_after: float,
+        body_timeout: float,
     ) -> None:
         self.router = router
         self.spool = spool
         self.ledger = ledger
         self.metrics = metrics
         self.max_body = max_body
+        self.body_timeout = body_timeout
         self.retry_after = str(max(1, round(retry_after)))
         self._routed = {r.name: metrics.events_routed.labels(r.name) for r in router.routes}
 
@@ -145,7 +148,10 @@ class Ingest:
                     request.remote,
                     exc.reason,
                 )
-            return error_response(exc.status, exc.reason)
+            response = error_response(exc.status, exc.reason)
+            if exc.close:
+                response.force_close()
+            return response
         if parsed.reply is not None:
             return parsed.reply
         if parsed.error_count:
@@ -253,16 +259,26 @@ class Ingest:
             )
         # aiohttp inflates the body itself while reading it, within client_max_size (so a
         # small body that inflates past the limit is a 413 here too).
+        # A body that stops arriving is answered 408 after ``body_timeout``, not waited on for
+        # ever: a slow client, or a chunked body whose framing breaks after its first chunk
+        # (aiohttp's parser then never ends the body it handed us).
         try:
-            body = await request.read()
+            async with asyncio.timeout(self.body_timeout):
+                body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise SourceError(413, f"body is over the {self.max_body} byte limit") from None
+        except TimeoutError:
+            raise SourceError(
+                408, f"the body did not arrive within {self.body_timeout:g}s", close=True
+            ) from None
         except RequestPayloadError as exc:
-            if not source.accepts_gzip:
-                raise SourceError(415, NOT_COMPRESSED, "unsupported") from None
+            if compressed and not source.accepts_gzip:
+                raise SourceError(415, NOT_COMPRESSED, "unsupported", close=True) from None
             cause = exc.__cause__ or exc.__context__ or exc
             raise SourceError(
-                400, f"could not decode the {encoding or 'request'} body: {str(cause)[:200]}"
+                400,
+                f"could not decode the {encoding or 'request'} body: {str(cause)[:200]}",
+                close=True,
             ) from None
         if compressed and not source.accepts_gzip:
             raise SourceError(415, NOT_COMPRESSED, "unsupported")

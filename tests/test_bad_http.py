@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 
 import pytest
 from aiohttp import web
@@ -130,3 +131,71 @@ async def test_a_handler_bug_is_still_logged_with_its_traceback(
         "relay_bad_http_requests_total", {"listener": "admin"}
     )
     assert sampled == 0
+
+
+SEGMENT_TOO = CONFIG.replace(
+    "sources:\n", "sources:\n  segment: {type: segment, write_keys: [wk]}\n"
+).replace("routes:\n", "routes:\n  - {name: seg, from: segment, to: out}\n")
+
+
+async def answer_to(port: int, parts: list[bytes]) -> bytes:
+    """Send ``parts`` as separate writes on a fresh connection; the answer's head and body."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        for part in parts:
+            writer.write(part)
+            await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+        size = int(length.group(1)) if length else 0
+        return head + await asyncio.wait_for(reader.readexactly(size), 10)
+    finally:
+        writer.close()
+
+
+def request_head(path: str, framing: str) -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{framing}\r\n\r\n"
+    ).encode()
+
+
+STALLED = {  # the headers, then part of the body, then nothing
+    "length": ("Content-Length: 100", b'[{"eventName":'),
+    "chunked": ("Transfer-Encoding: chunked", b"5\r\nhello\r\n"),
+}
+
+
+@pytest.mark.parametrize("path", ["/webhooks/statsig", "/segment/v1/batch"])
+@pytest.mark.parametrize("framing", list(STALLED))
+async def test_a_body_that_stops_arriving_gets_408_and_the_connection_closes(
+    relay_factory: RelayFactory, path: str, framing: str
+) -> None:
+    relay = await relay_factory(SEGMENT_TOO, server="body_timeout: 300ms")
+    header, part = STALLED[framing]
+    answer = await answer_to(relay.public_port, [request_head(path, header), part])
+    status, _, rest = answer.partition(b"\r\n")
+    assert status.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert b"\r\nConnection: close\r\n" in rest  # what is left of the body is not read
+    assert rest.endswith(b'{"error":"the body did not arrive within 0.3s"}')
+    source = "statsig" if path.startswith("/webhooks") else "segment"
+    assert metric(relay, "relay_events_rejected_total", source=source, reason="timeout") == 1
+
+
+BROKEN_CHUNKS = [
+    b"zz\r\nabc\r\n0\r\n\r\n",  # a bad chunk size after a good chunk
+    b"3\r\nabcdef\r\n0\r\n\r\n",  # a chunk longer than its size says
+]
+
+
+@pytest.mark.parametrize("path", ["/webhooks/statsig", "/segment/v1/batch"])
+@pytest.mark.parametrize("tail", BROKEN_CHUNKS, ids=["bad-size", "overlong-chunk"])
+async def test_chunked_framing_that_breaks_after_a_good_chunk_is_answered_not_held(
+    relay_factory: RelayFactory, path: str, tail: bytes
+) -> None:
+    """Arriving with the headers, aiohttp answers 400 itself; arriving after them, its parser
+    stops feeding the body it handed the handler and never ends it, and the read is bounded
+    by ``server.body_timeout`` (408). Either way an answer, and the connection is closed."""
+    relay = await relay_factory(SEGMENT_TOO, server="body_timeout: 300ms")
+    head = request_head(path, "Transfer-Encoding: chunked") + b"5\r\nhello\r\n"
+    answer = await answer_to(relay.public_port, [head, tail])
+    assert answer.split(b" ", 2)[1] in (b"400", b"408"), answer[:200]

@@ -89,6 +89,20 @@ def test_bad_fields_are_named_by_their_yaml_path(
     assert words in str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("value", "words"), [("0s", "must be more than 0s"), ("-1s", "expected a duration")]
+)
+def test_a_body_timeout_that_could_only_refuse_every_body_is_refused(
+    value: str, words: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(BASE + f"server: {{body_timeout: {value}}}", env={"SECRET": "x"})
+    assert err.value.path == "server.body_timeout"
+    assert words in str(err.value)
+    default = parse_config(BASE, env={"SECRET": "x"}).server.body_timeout
+    assert default == pytest.approx(30.0)
+
+
 def test_unknown_top_level_key_and_bad_yaml() -> None:
     with pytest.raises(ConfigError, match=r"^sourcez: unknown key"):
         parse_config("sourcez: {}\n", env={})

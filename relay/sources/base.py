@@ -37,7 +37,9 @@ class SourceConfig:
 class SourceError(Exception):
     """A request-level refusal: the status to answer and a reason safe to show the sender."""
 
-    def __init__(self, status: int, reason: str, metric_reason: str = "") -> None:
+    def __init__(
+        self, status: int, reason: str, metric_reason: str = "", close: bool = False
+    ) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
@@ -45,8 +47,11 @@ class SourceError(Exception):
             400: "malformed",
             401: "unauthorized",
             403: "forbidden",
+            408: "timeout",
             413: "too_large",
         }.get(status, "refused")
+        # The body was not read to its end: the connection cannot carry another request.
+        self.close = close
 
 
 @dataclass(slots=True)
