@@ -152,7 +152,7 @@ async def test_the_daemon_survives_its_writer_being_killed_under_load_with_no_50
         assert "writer process exited" in daemon.log_text()
 
 
-async def test_a_relay_killed_with_9_takes_its_writer_with_it(
+async def test_a_relay_killed_with_9_takes_its_writer_with_it_and_no_secret_went_along(
     tmp_path: Path, fake_targets: FakeTargetFactory
 ) -> None:
     fake = await fake_targets(default=200)
@@ -163,6 +163,8 @@ async def test_a_relay_killed_with_9_takes_its_writer_with_it(
         await daemon.start(f"http://127.0.0.1:{admin}/readyz")
         assert daemon.pid is not None
         (writer,) = children(daemon.pid)
+        environ = Path(f"/proc/{writer}/environ").read_bytes()
+        assert b"HOOK_SECRET" not in environ and SECRET.encode() not in environ
         async with aiohttp.ClientSession() as session:
             assert await send(session, port, batch("a")) == 200
         daemon.kill()

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import pickle
 import socket
 import sys
 from abc import ABC, abstractmethod
 from collections import deque
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -32,6 +34,21 @@ _STOP_TIMEOUT_S = 10.0
 
 class WriterGone(RuntimeError):
     """The writer process exited; the calls under way failed (ingest answers 503)."""
+
+
+# What the writer process keeps of the relay's environment: what Python, SQLite and the C
+# library read. Not the rest: the relay's secrets (``${VAR}`` in its config) stay out of it.
+_WRITER_ENV_PREFIXES = ("PYTHON", "LC_", "LD_", "MALLOC_", "SQLITE_")
+_WRITER_ENV_NAMES = frozenset(["PATH", "HOME", "LANG", "TZ", "TMPDIR", "VIRTUAL_ENV"])
+
+
+def writer_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment the writer process starts with."""
+    return {
+        name: value
+        for name, value in environ.items()
+        if name in _WRITER_ENV_NAMES or name.startswith(_WRITER_ENV_PREFIXES)
+    }
 
 
 class FileHost(ABC):
@@ -110,6 +127,7 @@ class ProcessHost(FileHost):
                 *self._args,
                 stdin=asyncio.subprocess.DEVNULL,
                 pass_fds=(theirs.fileno(),),
+                env=writer_environment(os.environ),
             )
         except BaseException:
             ours.close()
