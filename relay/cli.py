@@ -212,7 +212,8 @@ async def _dlq(section: SpoolSection, args: argparse.Namespace) -> int:
         print(f"statsig-relay: cannot open the spool: {exc}", file=sys.stderr)
         return 1
     try:
-        chosen = await dlq.select(spool, flt, section.target_names)
+        bodies = args.action in ("show", "export")
+        chosen = await dlq.select(spool, flt, section.target_names, bodies=bodies)
         return await _dlq_action(spool, chosen, flt, args)
     except dlq.DlqError as exc:
         print(f"statsig-relay: {exc}", file=sys.stderr)

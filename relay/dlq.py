@@ -23,7 +23,7 @@ from .schema import ConfigError, parse_duration
 from .spool.base import Spool
 from .spool.records import DeadRow, NewRow
 
-ALL_ROWS = 2**31 - 1  # dead_rows() limit meaning "every row"
+PAGE_ROWS = 500  # dead rows read per query
 
 
 class DlqError(Exception):
@@ -113,33 +113,54 @@ def parse_time(value: str, now: float | None = None) -> int:
     return int(when.timestamp() * 1000)
 
 
-async def select(spool: Spool, flt: DeadFilter, known_targets: Iterable[str]) -> list[Selected]:
-    """The dead letters ``flt`` takes, in id order; DlqError for an unknown target or id."""
+async def select(
+    spool: Spool,
+    flt: DeadFilter,
+    known_targets: Iterable[str],
+    bodies: bool = True,
+    page_rows: int = PAGE_ROWS,
+) -> list[Selected]:
+    """The dead letters ``flt`` takes, in id order; DlqError for an unknown target or id.
+
+    The queue is read ``page_rows`` rows at a time. Without ``bodies`` a row taken whole keeps
+    only its metadata (list, replay and purge act on ids), so a large dead-letter queue is
+    not held in memory; rows split by ``--event`` keep their events either way.
+    """
     if flt.target is not None:
         stats = await spool.stats()
         known = set(known_targets) | set(stats.dead) | set(stats.queued)
         if flt.target not in known:
             names = ", ".join(sorted(known)) or "none"
             raise DlqError(f"no target named {flt.target!r} (targets: {names})")
-    rows = await spool.dead_rows(flt.target, ALL_ROWS)
-    missing = set(flt.ids) - {str(row.id) for row in rows}
+    missing = set(flt.ids)
+    chosen: list[Selected] = []
+    after_id = 0
+    while rows := await spool.dead_rows(flt.target, page_rows, after_id):
+        after_id = int(rows[-1].id)
+        for row in rows:
+            missing.discard(str(row.id))
+            picked = _pick(flt, row, bodies)
+            if picked is not None:
+                chosen.append(picked)
     if missing:
         where = f" for target {flt.target!r}" if flt.target else ""
         raise DlqError(f"no dead-letter row with id {', '.join(sorted(missing))}{where}")
-    chosen: list[Selected] = []
-    for row in rows:
-        if not flt.takes_row(row):
-            continue
-        if flt.event is None:
-            chosen.append(Selected(row))
-            continue
-        taken: list[Any] = []
-        rest: list[Any] = []
-        for event in orjson.loads(row.body):
-            (taken if flt.takes_event(event) else rest).append(event)
-        if taken:
-            chosen.append(Selected(row, (taken, rest)))
     return chosen
+
+
+def _pick(flt: DeadFilter, row: DeadRow, bodies: bool) -> Selected | None:
+    """What ``flt`` takes of one dead row, if anything."""
+    if not flt.takes_row(row):
+        return None
+    if flt.event is None:
+        if not bodies:
+            row.body = b""
+        return Selected(row)
+    taken: list[Any] = []
+    rest: list[Any] = []
+    for event in orjson.loads(row.body):
+        (taken if flt.takes_event(event) else rest).append(event)
+    return Selected(row, (taken, rest)) if taken else None
 
 
 class Pacer:

@@ -350,3 +350,48 @@ async def test_event_selection_splits_rows_the_same_on_every_backend(
     assert await spool.dead_rows() == []
     with pytest.raises(DlqError, match="no dead-letter row with id 1"):
         await select(spool, DeadFilter(ids=("1",)), ["out"])
+
+
+async def test_a_large_dlq_is_read_page_by_page_and_whole_rows_are_not_held(
+    make_spool: SpoolFactory,  # noqa: F811  (the fixture)
+) -> None:
+    """Pages of 2 rows over 7: the same selection as one read, ids found on any page, and
+    without bodies (list, replay, purge) a whole row keeps only its metadata."""
+    spool = await make_spool()
+    names = [("purchase",), ("page_view", "purchase"), ("purchase",)] * 2 + [("page_view",)]
+    await spool.settle((), (), [dead("out", "all", n, "HTTP 400: bad", T0) for n in names])
+    rows = await spool.dead_rows()
+    assert len(rows) == 7
+    ids = [int(r.id) for r in rows]
+    assert [int(r.id) for r in await spool.dead_rows(limit=3, after_id=ids[2])] == ids[3:6]
+    assert await spool.dead_rows(after_id=ids[-1]) == []
+
+    every = await select(spool, DeadFilter(), ["out"], page_rows=2)
+    assert [int(s.row.id) for s in every] == ids
+    assert [s.row.body for s in every] == [r.body for r in rows]  # bodies by default
+    light = await select(spool, DeadFilter(), ["out"], bodies=False, page_rows=2)
+    assert [(int(s.row.id), s.count, s.row.body) for s in light] == [
+        (i, r.count, b"") for i, r in zip(ids, rows, strict=True)
+    ]
+
+    by_id = await select(spool, DeadFilter(ids=(str(ids[0]), str(ids[5]))), ["out"], page_rows=2)
+    assert [int(s.row.id) for s in by_id] == [ids[0], ids[5]]
+    with pytest.raises(DlqError, match="no dead-letter row with id 999"):
+        await select(spool, DeadFilter(ids=(str(ids[6]), "999")), ["out"], page_rows=2)
+
+    split = await select(spool, DeadFilter(event="page_*"), ["out"], bodies=False, page_rows=2)
+    assert [(int(s.row.id), len(s.taken), len(s.rest)) for s in split] == [
+        (ids[1], 1, 1),
+        (ids[4], 1, 1),
+        (ids[6], 1, 0),
+    ]
+    assert await replay(spool, split) == 3
+    assert (
+        await replay(spool, await select(spool, DeadFilter(), ["out"], bodies=False, page_rows=2))
+        == 6
+    )
+    assert await spool.dead_rows() == []
+    queued = await spool.claim("out", 100, 10**9, 30)
+    assert sorted(e["eventName"] for r in queued for e in orjson.loads(r.body)) == sorted(
+        n for row in names for n in row
+    )

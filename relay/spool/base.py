@@ -147,7 +147,11 @@ class Spool(ABC):
     async def stats(self) -> SpoolStats: ...
 
     @abstractmethod
-    async def dead_rows(self, target: str | None = None, limit: int = 100) -> list[DeadRow]: ...
+    async def dead_rows(
+        self, target: str | None = None, limit: int = 100, after_id: int = 0
+    ) -> list[DeadRow]:
+        """Up to ``limit`` dead rows with an id over ``after_id``, in id order (a page: the DLQ
+        commands read a large queue page by page)."""
 
     @abstractmethod
     async def replay_dead(self, target: str | None = None, ids: Iterable[str] = ()) -> int:

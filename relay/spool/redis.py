@@ -332,7 +332,8 @@ local targets = {ARGV[2]}
 if ARGV[2] == '' then targets = redis.call('SMEMBERS', p..':targets') end
 local ids = {}
 for _, t in ipairs(targets) do
-  for _, id in ipairs(redis.call('ZRANGE', p..':dlq:'..t, 0, limit - 1)) do
+  local page = redis.call('ZRANGEBYSCORE', p..':dlq:'..t, '('..ARGV[4], '+inf', 'LIMIT', 0, limit)
+  for _, id in ipairs(page) do
     ids[#ids + 1] = tonumber(id)
   end
 end
@@ -567,8 +568,10 @@ class RedisSpool(Spool):
                 stats.dead[target] = TargetDepth(int(dead_rows), int(dead_events), _ms(dead_oldest))
         return stats
 
-    async def dead_rows(self, target: str | None = None, limit: int = 100) -> list[DeadRow]:
-        flat = await self._call("dead_rows", target or "", max(0, limit))
+    async def dead_rows(
+        self, target: str | None = None, limit: int = 100, after_id: int = 0
+    ) -> list[DeadRow]:
+        flat = await self._call("dead_rows", target or "", max(0, limit), int(after_id))
         out = []
         for i in range(0, len(flat), 9):
             row_id, t, route, body, count, first, attempts, dead_at, reason = flat[i : i + 9]

@@ -271,8 +271,10 @@ class SqliteSpool(Spool):
         self._bytes = stats.bytes_used
         return stats
 
-    async def dead_rows(self, target: str | None = None, limit: int = 100) -> list[DeadRow]:
-        return await self._call("dead_rows", target, limit)
+    async def dead_rows(
+        self, target: str | None = None, limit: int = 100, after_id: int = 0
+    ) -> list[DeadRow]:
+        return await self._call("dead_rows", target, limit, after_id)
 
     async def replay_dead(self, target: str | None = None, ids: Iterable[str] = ()) -> int:
         moved, targets = await self._call("replay_dead", target, list(ids))

@@ -338,15 +338,15 @@ class SpoolFile:
         return stats
 
     # -- the dead-letter queue -------------------------------------------------------------
-    def dead_rows(self, target: str | None, limit: int) -> list[DeadRow]:
+    def dead_rows(self, target: str | None, limit: int, after_id: int) -> list[DeadRow]:
         sql = (
             "SELECT id, target, route, body, count, first_received, attempts, dead_at, reason"
-            " FROM dead"
+            " FROM dead WHERE id > ?"
         )
-        params: tuple[Any, ...] = ()
+        params: tuple[Any, ...] = (after_id,)
         if target:
-            sql += " WHERE target = ?"
-            params = (target,)
+            sql += " AND target = ?"
+            params = (after_id, target)
         sql += " ORDER BY id LIMIT ?"
         return [DeadRow(*row) for row in self._conn.execute(sql, (*params, limit))]
 
