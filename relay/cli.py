@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -212,8 +213,12 @@ async def _dlq(section: SpoolSection, args: argparse.Namespace) -> int:
         print(f"statsig-relay: cannot open the spool: {exc}", file=sys.stderr)
         return 1
     try:
-        bodies = args.action in ("show", "export")
+        # Only show prints events from the selection (its first --limit rows); export reads
+        # the queue again, page by page, once the selection is known to be valid.
+        bodies = args.limit if args.action == "show" else 0
         chosen = await dlq.select(spool, flt, section.target_names, bodies=bodies)
+        if args.action == "export":
+            return await _dlq_export(spool, chosen, flt, section.target_names, args.output)
         return await _dlq_action(spool, chosen, flt, args)
     except dlq.DlqError as exc:
         print(f"statsig-relay: {exc}", file=sys.stderr)
@@ -246,16 +251,6 @@ async def _dlq_action(
                     print("    " + orjson.dumps(event).decode())
         if len(chosen) > args.limit:
             print(f"... {len(chosen) - args.limit} more rows (--limit)")
-    elif args.action == "export":
-        lines = dlq.export_lines(chosen)
-        if args.output == "-":
-            for line in lines:
-                sys.stdout.buffer.write(line)
-            sys.stdout.flush()
-        else:
-            with open(args.output, "wb") as out:
-                out.writelines(lines)
-        print(f"exported {sum(s.count for s in chosen)} events", file=sys.stderr)
     elif args.action == "replay":
         total = sum(s.count for s in chosen)
         pace = f" at ≤{args.rate:g} events/s" if args.rate else ""
@@ -266,6 +261,21 @@ async def _dlq_action(
     else:
         deleted = await dlq.purge(spool, chosen)
         print(f"purged {deleted} events")
+    return 0
+
+
+async def _dlq_export(
+    spool: Spool, chosen: list[Selected], flt: DeadFilter, targets: Iterable[str], output: str
+) -> int:
+    """JSON lines of the selected events, written a page of the queue at a time."""
+    from . import dlq
+
+    with contextlib.ExitStack() as stack:
+        out = sys.stdout.buffer if output == "-" else stack.enter_context(open(output, "wb"))
+        async for page in dlq.pages(spool, flt, targets):
+            out.writelines(dlq.export_lines(page))
+        out.flush()
+    print(f"exported {sum(s.count for s in chosen)} events", file=sys.stderr)
     return 0
 
 

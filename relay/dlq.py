@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
@@ -117,15 +117,30 @@ async def select(
     spool: Spool,
     flt: DeadFilter,
     known_targets: Iterable[str],
-    bodies: bool = True,
+    bodies: int | None = None,
     page_rows: int = PAGE_ROWS,
 ) -> list[Selected]:
     """The dead letters ``flt`` takes, in id order; DlqError for an unknown target or id.
 
-    The queue is read ``page_rows`` rows at a time. Without ``bodies`` a row taken whole keeps
-    only its metadata (list, replay and purge act on ids), so a large dead-letter queue is
-    not held in memory; rows split by ``--event`` keep their events either way.
+    ``bodies``: how many of the first rows taken whole keep their events (None: all). The
+    others keep only their metadata (list, replay and purge act on ids; show prints the first
+    ``--limit``), so a large dead-letter queue is not held in memory. Rows split by
+    ``--event`` keep their events either way.
     """
+    chosen: list[Selected] = []
+    async for page in pages(spool, flt, known_targets, page_rows):
+        for picked in page:
+            if picked.split is None and bodies is not None and len(chosen) >= bodies:
+                picked.row.body = b""
+            chosen.append(picked)
+    return chosen
+
+
+async def pages(
+    spool: Spool, flt: DeadFilter, known_targets: Iterable[str], page_rows: int = PAGE_ROWS
+) -> AsyncIterator[list[Selected]]:
+    """What ``flt`` takes, a page of the queue (``page_rows`` rows) at a time, bodies kept;
+    DlqError for an unknown target, and after the last page for an id no page held."""
     if flt.target is not None:
         stats = await spool.stats()
         known = set(known_targets) | set(stats.dead) | set(stats.queued)
@@ -133,28 +148,21 @@ async def select(
             names = ", ".join(sorted(known)) or "none"
             raise DlqError(f"no target named {flt.target!r} (targets: {names})")
     missing = set(flt.ids)
-    chosen: list[Selected] = []
     after_id = 0
     while rows := await spool.dead_rows(flt.target, page_rows, after_id):
         after_id = int(rows[-1].id)
-        for row in rows:
-            missing.discard(str(row.id))
-            picked = _pick(flt, row, bodies)
-            if picked is not None:
-                chosen.append(picked)
+        missing.difference_update(str(row.id) for row in rows)
+        yield [picked for row in rows if (picked := _pick(flt, row)) is not None]
     if missing:
         where = f" for target {flt.target!r}" if flt.target else ""
         raise DlqError(f"no dead-letter row with id {', '.join(sorted(missing))}{where}")
-    return chosen
 
 
-def _pick(flt: DeadFilter, row: DeadRow, bodies: bool) -> Selected | None:
+def _pick(flt: DeadFilter, row: DeadRow) -> Selected | None:
     """What ``flt`` takes of one dead row, if anything."""
     if not flt.takes_row(row):
         return None
     if flt.event is None:
-        if not bodies:
-            row.body = b""
         return Selected(row)
     taken: list[Any] = []
     rest: list[Any] = []

@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from relay.cli import main
-from relay.dlq import DeadFilter, DlqError, Pacer, purge, replay, select
+from relay.dlq import DeadFilter, DlqError, Pacer, pages, purge, replay, select
 from relay.spool.records import DeadRow
 from relay.spool.sqlite import SqliteSpool, SqliteSpoolConfig
 from tests.conftest import RelayFactory, post_export
@@ -369,17 +369,20 @@ async def test_a_large_dlq_is_read_page_by_page_and_whole_rows_are_not_held(
     every = await select(spool, DeadFilter(), ["out"], page_rows=2)
     assert [int(s.row.id) for s in every] == ids
     assert [s.row.body for s in every] == [r.body for r in rows]  # bodies by default
-    light = await select(spool, DeadFilter(), ["out"], bodies=False, page_rows=2)
+    light = await select(spool, DeadFilter(), ["out"], bodies=2, page_rows=2)
     assert [(int(s.row.id), s.count, s.row.body) for s in light] == [
-        (i, r.count, b"") for i, r in zip(ids, rows, strict=True)
+        (i, r.count, r.body if n < 2 else b"")
+        for n, (i, r) in enumerate(zip(ids, rows, strict=True))
     ]
+    paged = [[int(s.row.id) for s in page] async for page in pages(spool, DeadFilter(), ["out"], 3)]
+    assert paged == [ids[0:3], ids[3:6], ids[6:7]]
 
     by_id = await select(spool, DeadFilter(ids=(str(ids[0]), str(ids[5]))), ["out"], page_rows=2)
     assert [int(s.row.id) for s in by_id] == [ids[0], ids[5]]
     with pytest.raises(DlqError, match="no dead-letter row with id 999"):
         await select(spool, DeadFilter(ids=(str(ids[6]), "999")), ["out"], page_rows=2)
 
-    split = await select(spool, DeadFilter(event="page_*"), ["out"], bodies=False, page_rows=2)
+    split = await select(spool, DeadFilter(event="page_*"), ["out"], bodies=0, page_rows=2)
     assert [(int(s.row.id), len(s.taken), len(s.rest)) for s in split] == [
         (ids[1], 1, 1),
         (ids[4], 1, 1),
@@ -387,8 +390,7 @@ async def test_a_large_dlq_is_read_page_by_page_and_whole_rows_are_not_held(
     ]
     assert await replay(spool, split) == 3
     assert (
-        await replay(spool, await select(spool, DeadFilter(), ["out"], bodies=False, page_rows=2))
-        == 6
+        await replay(spool, await select(spool, DeadFilter(), ["out"], bodies=0, page_rows=2)) == 6
     )
     assert await spool.dead_rows() == []
     queued = await spool.claim("out", 100, 10**9, 30)
