@@ -168,6 +168,7 @@ def _pick(flt: DeadFilter, row: DeadRow) -> Selected | None:
     rest: list[Any] = []
     for event in orjson.loads(row.body):
         (taken if flt.takes_event(event) else rest).append(event)
+    row.body = b""  # the split holds the events now
     return Selected(row, (taken, rest)) if taken else None
 
 
