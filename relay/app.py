@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
 import time
 from dataclasses import dataclass
@@ -190,10 +191,14 @@ class Relay:
         for target in self.targets.values():
             self._start_deliverer(target)
         admin = create_admin_app(self)
-        self.admin_port = await self._listen(stack, admin, cfg.server.admin_listen, "admin")
+        self.admin_port = await self._listen(
+            stack, admin, cfg.server.admin_listen, "admin", reuse_port=False
+        )
         public = web.Application(client_max_size=cfg.server.max_body)
         public.router.add_route("*", "/{tail:.*}", self._dispatch)
-        self.public_port = await self._listen(stack, public, cfg.server.listen, "public")
+        self.public_port = await self._listen(
+            stack, public, cfg.server.listen, "public", reuse_port=cfg.server.reuse_port
+        )
 
     def _start_deliverer(self, target: Target) -> None:
         deliverer = Deliverer(target, self.spool, self.metrics, lambda text: self.redact(text))
@@ -211,7 +216,13 @@ class Relay:
             await target.close()
 
     async def _listen(
-        self, stack: contextlib.AsyncExitStack, app: web.Application, address: str, name: str
+        self,
+        stack: contextlib.AsyncExitStack,
+        app: web.Application,
+        address: str,
+        name: str,
+        *,
+        reuse_port: bool,
     ) -> int:
         host, port = split_host_port(address)
         runner = web.AppRunner(
@@ -223,8 +234,18 @@ class Relay:
         await runner.setup()
         # Cleanup stops accepting, then lets requests in flight finish (shutdown_timeout).
         stack.push_async_callback(runner.cleanup)
-        site = web.TCPSite(runner, host, port, reuse_address=True)
-        await site.start()
+        site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=reuse_port)
+        try:
+            await site.start()
+        except OSError as exc:
+            key = "listen" if name == "public" else "admin_listen"
+            hint = (
+                ""
+                if reuse_port or name != "public"
+                else " (relays meant to share a port set server.reuse_port)"
+            )
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise OSError(exc.errno, f"server.{key} {address}: {reason}{hint}") from None
         return int(runner.addresses[0][1])  # the bound port, also when port 0 was asked for
 
     async def stop(self) -> None:

@@ -36,6 +36,10 @@ class ServerConfig:
     # A request body not complete this long after its headers is answered 408 (and the
     # connection closed): a stalled client does not hold a handler for ever.
     body_timeout: Duration = Duration(30.0)
+    # SO_REUSEPORT on the public listener: several relays on one host share its port and the
+    # kernel spreads their connections (one event loop each; see README "Several relays on one
+    # host").
+    reuse_port: bool = False
     shutdown_grace: Duration = Duration(20.0)  # finish in-flight work for this long on SIGTERM
     retry_after: Duration = Duration(5.0)  # Retry-After sent with 503 when the spool is full
     log_level: str = "info"

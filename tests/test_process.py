@@ -154,3 +154,73 @@ async def test_sighup_reloads_a_good_config_and_keeps_the_old_one_on_a_bad_file(
 async def _reloads(admin: int, result: str) -> bool:
     _, text = await get(f"http://127.0.0.1:{admin}/metrics")
     return f'relay_config_reloads_total{{result="{result}"}} 1.0' in text
+
+
+def events_received(metrics_text: str) -> float:
+    """``relay_events_received_total`` of the statsig source, from a /metrics page."""
+    for line in metrics_text.splitlines():
+        if line.startswith('relay_events_received_total{source="statsig"}'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def test_two_relays_with_reuse_port_share_one_port_and_deliver_every_event_once(
+    tmp_path: Path, fake_targets: FakeTargetFactory
+) -> None:
+    fake = await fake_targets()
+    port = free_port()
+    admins = [free_port(), free_port()]
+    daemons = []
+    for name, admin in zip("ab", admins, strict=True):
+        home = tmp_path / name  # each relay its own ./data/spool.db
+        home.mkdir()
+        config = daemon_config(fake, port, admin).replace(
+            "server: {", "server: {reuse_port: true, "
+        )
+        daemons.append(DaemonProcess(config, home, env={"HOOK_SECRET": SECRET}))
+    async with daemons[0] as first, daemons[1] as second:
+        await first.start(f"http://127.0.0.1:{admins[0]}/readyz")
+        await second.start(f"http://127.0.0.1:{admins[1]}/readyz")
+        sent: set[str] = set()
+        # A new connection per request: the kernel picks a listener per connection.
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
+            for i in range(40):
+                events = batch(f"c{i}", n=5)
+                assert await send(s, port, events) == 200
+                sent.update(e["timeUUID"] for e in events)
+        await poll_until(lambda: delivered(fake) == sent, timeout=15)
+        per_relay = [
+            events_received((await get(f"http://127.0.0.1:{a}/metrics"))[1]) for a in admins
+        ]
+        assert sum(per_relay) == len(sent)
+        assert all(n > 0 for n in per_relay), f"one relay took every connection: {per_relay}"
+        deliveries = [e["timeUUID"] for r in fake.requests if r.status == 200 for e in r.events()]
+        assert len(deliveries) == len(sent), "an event was delivered twice"
+        assert await first.terminate() == 0
+        assert await second.terminate() == 0
+
+
+async def test_without_reuse_port_a_second_relay_on_a_taken_port_exits_naming_the_address(
+    tmp_path: Path, fake_targets: FakeTargetFactory
+) -> None:
+    fake = await fake_targets()
+    port = free_port()
+    admins = [free_port(), free_port()]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = DaemonProcess(
+        daemon_config(fake, port, admins[0]), tmp_path / "a", {"HOOK_SECRET": SECRET}
+    )
+    second = DaemonProcess(
+        daemon_config(fake, port, admins[1]), tmp_path / "b", {"HOOK_SECRET": SECRET}
+    )
+    async with first, second:
+        await first.start(f"http://127.0.0.1:{admins[0]}/readyz")
+        try:
+            await second.start(f"http://127.0.0.1:{admins[1]}/readyz", timeout=10)
+        except AssertionError as exc:
+            assert "exited with" in str(exc), str(exc)
+        else:
+            raise AssertionError("a second relay started on a port another relay listens on")
+        assert f"server.listen 127.0.0.1:{port}: Address already in use" in second.log_text()
+        assert await first.terminate() == 0
