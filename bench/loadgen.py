@@ -158,13 +158,16 @@ def sign(secret: bytes, ts: bytes, body: bytes) -> str:
 class SignedPool:
     """Bodies with cached, signed request heads; a head is re-signed when its timestamp ages."""
 
-    def __init__(self, pool: list[tuple[bytes, int, int]], secret: str, host_header: str,
-                 path: str) -> None:
+    def __init__(
+        self, pool: list[tuple[bytes, int, int]], secret: str, host_header: str, path: str
+    ) -> None:
         self.pool = pool
         self.secret = secret.encode()
-        self.prefix = (f"POST {path} HTTP/1.1\r\nHost: {host_header}\r\n"
-                       "User-Agent: statsig-relay-bench/1\r\n"
-                       "Content-Type: application/json\r\n").encode()
+        self.prefix = (
+            f"POST {path} HTTP/1.1\r\nHost: {host_header}\r\n"
+            "User-Agent: statsig-relay-bench/1\r\n"
+            "Content-Type: application/json\r\n"
+        ).encode()
         self.heads: list[bytes] = [b""] * len(pool)
         self.signed_at = [float("-inf")] * len(pool)
         self.next = 0
@@ -175,12 +178,14 @@ class SignedPool:
         body, n, kept = self.pool[i]
         if now - self.signed_at[i] > RESIGN_AFTER_S:
             ts = str(int(time.time() * 1000)).encode()
-            self.heads[i] = b"".join((
-                self.prefix,
-                b"Content-Length: %d\r\n" % len(body),
-                b"X-Statsig-Request-Timestamp: " + ts + b"\r\n",
-                b"X-Statsig-Signature: " + sign(self.secret, ts, body).encode() + b"\r\n\r\n",
-            ))
+            self.heads[i] = b"".join(
+                (
+                    self.prefix,
+                    b"Content-Length: %d\r\n" % len(body),
+                    b"X-Statsig-Request-Timestamp: " + ts + b"\r\n",
+                    b"X-Statsig-Signature: " + sign(self.secret, ts, body).encode() + b"\r\n\r\n",
+                )
+            )
             self.signed_at[i] = now
         return self.heads[i], body, n, kept
 
@@ -309,8 +314,15 @@ async def run_load(args: argparse.Namespace) -> Results:
                 try:
                     async with asyncio.timeout(args.timeout):
                         status = await conn.request(head, body)
-                except (OSError, EOFError, TimeoutError, HttpError, ValueError,
-                        asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+                except (
+                    OSError,
+                    EOFError,
+                    TimeoutError,
+                    HttpError,
+                    ValueError,
+                    asyncio.IncompleteReadError,
+                    asyncio.LimitOverrunError,
+                ) as exc:
                     res.errors[type(exc).__name__] += 1
                     conn.close()
                     await asyncio.sleep(min(backoff, max(0.0, deadline - perf())))
@@ -383,19 +395,21 @@ def summarise(res: Results, args: argparse.Namespace) -> dict[str, Any]:
 
 def human(summary: dict[str, Any]) -> str:
     lat = summary["latency_ms"]
-    return "\n".join((
-        f"target      {summary['url']}",
-        f"duration    {summary['duration_s']} s, concurrency {summary['concurrency']}, "
-        f"rate cap {summary['rate_cap'] or 'none'}",
-        f"requests    {summary['requests']} ({summary['ok']} 2xx), "
-        f"non-2xx {summary['non_2xx'] or 0}, errors {summary['errors'] or 0}",
-        f"events      {summary['events_sent']} sent, {summary['events_accepted']} accepted "
-        f"({summary['events_accepted_kept']} not filtered)",
-        f"rate        {summary['requests_per_s']} req/s, {summary['events_per_s']} events/s",
-        f"latency ms  p50 {lat['p50']}  p95 {lat['p95']}  p99 {lat['p99']}  max {lat['max']}",
-        f"bodies      {summary['avg_body_bytes']} B avg ({summary['avg_event_bytes']} B/event)",
-        f"cpu         {summary['cpu_s']} s (loadgen process)",
-    ))
+    return "\n".join(
+        (
+            f"target      {summary['url']}",
+            f"duration    {summary['duration_s']} s, concurrency {summary['concurrency']}, "
+            f"rate cap {summary['rate_cap'] or 'none'}",
+            f"requests    {summary['requests']} ({summary['ok']} 2xx), "
+            f"non-2xx {summary['non_2xx'] or 0}, errors {summary['errors'] or 0}",
+            f"events      {summary['events_sent']} sent, {summary['events_accepted']} accepted "
+            f"({summary['events_accepted_kept']} not filtered)",
+            f"rate        {summary['requests_per_s']} req/s, {summary['events_per_s']} events/s",
+            f"latency ms  p50 {lat['p50']}  p95 {lat['p95']}  p99 {lat['p99']}  max {lat['max']}",
+            f"bodies      {summary['avg_body_bytes']} B avg ({summary['avg_event_bytes']} B/event)",
+            f"cpu         {summary['cpu_s']} s (loadgen process)",
+        )
+    )
 
 
 def run(coro: Any) -> Any:
@@ -420,8 +434,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--wrap", action="store_true", help='send {"data": [...]} not a bare array')
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--timeout", type=float, default=10.0, help="per-request timeout, seconds")
-    p.add_argument("--backoff-ms", type=float, default=50.0,
-                   help="per-connection pause after an error or non-2xx answer")
+    p.add_argument(
+        "--backoff-ms",
+        type=float,
+        default=50.0,
+        help="per-connection pause after an error or non-2xx answer",
+    )
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     args = p.parse_args(argv)
     if not 0 < args.duration <= MAX_DURATION_S:

@@ -89,8 +89,10 @@ def render_config(template: str, values: dict[str, str]) -> str:
 
     def sub(m: re.Match[str]) -> str:
         if m.group(1) not in values:
-            raise BenchError(f"config template: unknown token {{{{{m.group(1)}}}}}; "
-                             f"known: {', '.join(sorted(values))}")
+            raise BenchError(
+                f"config template: unknown token {{{{{m.group(1)}}}}}; "
+                f"known: {', '.join(sorted(values))}"
+            )
         return values[m.group(1)]
 
     return re.sub(r"\{\{(\w+)\}\}", sub, template)
@@ -159,16 +161,20 @@ def parse_metrics(text: str) -> dict[str, float]:
 
 def git_info(cwd: Path) -> dict[str, Any]:
     """Commit and dirtiness of the code under test, so results can be compared later."""
+
     def git(*a: str) -> str:
         try:
-            r = subprocess.run(["git", "-C", str(cwd), *a], capture_output=True, text=True,
-                               timeout=10, check=False)
+            r = subprocess.run(
+                ["git", "-C", str(cwd), *a], capture_output=True, text=True, timeout=10, check=False
+            )
         except (OSError, subprocess.TimeoutExpired):
             return ""
         return r.stdout.strip()
 
-    return {"commit": git("rev-parse", "--short", "HEAD") or None,
-            "dirty_files": len(git("status", "--porcelain").splitlines())}
+    return {
+        "commit": git("rev-parse", "--short", "HEAD") or None,
+        "dirty_files": len(git("status", "--porcelain").splitlines()),
+    }
 
 
 def tail(path: Path, n: int = 30) -> str:
@@ -187,13 +193,25 @@ class Procs:
     def __init__(self) -> None:
         self.procs: list[tuple[str, subprocess.Popen[bytes], IO[bytes] | None]] = []
 
-    def start(self, name: str, cmd: list[str], cwd: Path, log: Path | None,
-              env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def start(
+        self,
+        name: str,
+        cmd: list[str],
+        cwd: Path,
+        log: Path | None,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.Popen[bytes]:
         out = open(log, "wb") if log else None  # noqa: SIM115 - closed in stop()
         try:
-            p = subprocess.Popen(cmd, cwd=cwd, stdout=out or subprocess.PIPE,
-                                 stderr=out or subprocess.PIPE, stdin=subprocess.DEVNULL,
-                                 env=env, start_new_session=True)
+            p = subprocess.Popen(
+                cmd,
+                cwd=cwd,
+                stdout=out or subprocess.PIPE,
+                stderr=out or subprocess.PIPE,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
         except OSError as exc:
             if out:
                 out.close()
@@ -226,21 +244,23 @@ class Procs:
             self.stop(p)
 
 
-def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float, what: str,
-               log: Path | None) -> float:
+def wait_ready(
+    url: str, proc: subprocess.Popen[bytes], timeout: float, what: str, log: Path | None
+) -> float:
     """Poll ``url`` until it answers 200; fail early if ``proc`` exits. Returns seconds taken."""
     t0 = time.monotonic()
     deadline = t0 + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise BenchError(f"{what} exited with {proc.returncode} before it was ready\n"
-                             + (tail(log) if log else ""))
+            raise BenchError(
+                f"{what} exited with {proc.returncode} before it was ready\n"
+                + (tail(log) if log else "")
+            )
         status, _ = http_get(url, timeout=1.0)
         if status == 200:
             return time.monotonic() - t0
         time.sleep(0.1)
-    raise BenchError(f"{what} not ready at {url} after {timeout:g}s\n"
-                     + (tail(log) if log else ""))
+    raise BenchError(f"{what} not ready at {url} after {timeout:g}s\n" + (tail(log) if log else ""))
 
 
 # --------------------------------------------------------------------------- the run
@@ -259,10 +279,16 @@ def run_bench(args: argparse.Namespace, procs: Procs, tmpdir: Path) -> dict[str,
     sink_port, port, admin_port = ports
     secret = secrets.token_hex(16)
     values = {
-        "listen": f"127.0.0.1:{port}", "admin_listen": f"127.0.0.1:{admin_port}",
-        "port": str(port), "admin_port": str(admin_port), "sink_port": str(sink_port),
-        "sink_url": f"http://127.0.0.1:{sink_port}/ingest", "tmpdir": str(tmpdir),
-        "secret": secret, "webhook_path": args.webhook_path, "python": py,
+        "listen": f"127.0.0.1:{port}",
+        "admin_listen": f"127.0.0.1:{admin_port}",
+        "port": str(port),
+        "admin_port": str(admin_port),
+        "sink_port": str(sink_port),
+        "sink_url": f"http://127.0.0.1:{sink_port}/ingest",
+        "tmpdir": str(tmpdir),
+        "secret": secret,
+        "webhook_path": args.webhook_path,
+        "python": py,
         "synchronous": args.synchronous,
         "bench_dir": str(BENCH_DIR),
     }
@@ -275,16 +301,18 @@ def run_bench(args: argparse.Namespace, procs: Procs, tmpdir: Path) -> dict[str,
     # 1. sink
     sink_log = tmpdir / "sink.log"
     sink_url = f"http://127.0.0.1:{sink_port}"
-    sink = procs.start("sink", [py, str(BENCH_DIR / "sink.py"), "--port", str(sink_port)],
-                       BENCH_DIR, sink_log)
+    sink = procs.start(
+        "sink", [py, str(BENCH_DIR / "sink.py"), "--port", str(sink_port)], BENCH_DIR, sink_log
+    )
     wait_ready(sink_url + "/stats", sink, 15, "sink", sink_log)
 
     # 2. relay
     try:
         relay_cmd = [tok.format(**values) for tok in shlex.split(args.relay_cmd)]
     except (KeyError, IndexError, ValueError) as exc:
-        raise BenchError(f"--relay-cmd: bad placeholder {exc}; known: "
-                         f"{', '.join(sorted(values))}") from exc
+        raise BenchError(
+            f"--relay-cmd: bad placeholder {exc}; known: {', '.join(sorted(values))}"
+        ) from exc
     env = dict(os.environ)
     for kv in args.relay_env:
         k, sep, v = kv.partition("=")
@@ -300,17 +328,31 @@ def run_bench(args: argparse.Namespace, procs: Procs, tmpdir: Path) -> dict[str,
     sink_cpu0 = proc_cpu_s(sink.pid) or 0.0
 
     # 3. load
-    lg_cmd = [py, str(BENCH_DIR / "loadgen.py"), "--json",
-              "--url", f"http://127.0.0.1:{port}{args.webhook_path}", "--secret", secret,
-              "--duration", str(args.duration), "--concurrency", str(args.concurrency),
-              "--max-requests", str(args.max_requests),
-              "--events-per-batch", str(args.events_per_batch)]
+    lg_cmd = [
+        py,
+        str(BENCH_DIR / "loadgen.py"),
+        "--json",
+        "--url",
+        f"http://127.0.0.1:{port}{args.webhook_path}",
+        "--secret",
+        secret,
+        "--duration",
+        str(args.duration),
+        "--concurrency",
+        str(args.concurrency),
+        "--max-requests",
+        str(args.max_requests),
+        "--events-per-batch",
+        str(args.events_per_batch),
+    ]
     if args.rate:
         lg_cmd += ["--rate", str(args.rate)]
     if args.wrap:
         lg_cmd.append("--wrap")
-    print(f"load: {args.duration:g}s, concurrency {args.concurrency}, "
-          f"rate {args.rate or 'max'}", file=sys.stderr)
+    print(
+        f"load: {args.duration:g}s, concurrency {args.concurrency}, rate {args.rate or 'max'}",
+        file=sys.stderr,
+    )
     lg = procs.start("loadgen", lg_cmd, BENCH_DIR, None)
     # The relay's resident memory while the load runs, every --rss-every s: flat or growing.
     rss_samples: list[tuple[float, int]] = []
@@ -417,23 +459,38 @@ def run_bench(args: argparse.Namespace, procs: Procs, tmpdir: Path) -> dict[str,
         "summary": summary,
         "command": shlex.join([sys.executable, *sys.argv]),
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "kernel": platform.release(), "loadavg_after": os.getloadavg()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "kernel": platform.release(),
+            "loadavg_after": os.getloadavg(),
+        },
         "code": git_info(Path(args.relay_cwd)),
-        "relay": {"cmd": shlex.join(relay_cmd), "cwd": str(args.relay_cwd),
-                  "ready_s": round(ready_s, 3), "alive_after_drain": relay_alive,
-                  "peak_rss_kb": hwm_kb, "threads": threads, "tree_pids": len(tree),
-                  "tree_peak_rss_kb": tree_hwm_kb,
-                  "cpu_s_during_run": relay_cpu, "stop_s": round(relay_stop_s, 3),
-                  "exit_code": relay_exit, "log_tail": tail(relay_log, 20)},
+        "relay": {
+            "cmd": shlex.join(relay_cmd),
+            "cwd": str(args.relay_cwd),
+            "ready_s": round(ready_s, 3),
+            "alive_after_drain": relay_alive,
+            "peak_rss_kb": hwm_kb,
+            "threads": threads,
+            "tree_pids": len(tree),
+            "tree_peak_rss_kb": tree_hwm_kb,
+            "cpu_s_during_run": relay_cpu,
+            "stop_s": round(relay_stop_s, 3),
+            "exit_code": relay_exit,
+            "log_tail": tail(relay_log, 20),
+        },
         "config": config_text.replace(secret, "<secret>"),
         "load": load,
         "rss_samples_kb": rss_samples,
         "sink": {**sink_stats, "cpu_s_during_run": round(sink_cpu, 3)},
-        "drain": {"expect": args.expect, "wait_s": round(drain_wait_s, 3),
-                  "timeout_s": args.drain_timeout, "e2e_window_s": e2e_s},
-        "cpu_s": {"relay": summary["relay_cpu_s"], "sink": round(sink_cpu, 2),
-                  "loadgen": load_cpu},
+        "drain": {
+            "expect": args.expect,
+            "wait_s": round(drain_wait_s, 3),
+            "timeout_s": args.drain_timeout,
+            "e2e_window_s": e2e_s,
+        },
+        "cpu_s": {"relay": summary["relay_cpu_s"], "sink": round(sink_cpu, 2), "loadgen": load_cpu},
         "metrics": parse_metrics(metrics_text),
     }
 
@@ -446,34 +503,36 @@ def markdown(r: dict[str, Any]) -> str:
 
     bar = s["meets_bar"]
     rss = f"{s['peak_rss_mb']} MB" if s["peak_rss_mb"] is not None else "n/a"
-    return "\n".join((
-        f"## statsig-relay bench {r['started_at']}",
-        "",
-        f"`{r['command']}`",
-        "",
-        f"relay `{relay['cmd']}` at commit {r['code']['commit']} "
-        f"({r['code']['dirty_files']} uncommitted files); {r['machine']['cpus']} CPUs",
-        "",
-        "| metric | value | bar |",
-        "| --- | --- | --- |",
-        f"| ingest events/s | {s['ingest_events_per_s']:,.0f} | |",
-        f"| end-to-end events/s, delivered | {s['e2e_events_per_s']:,.0f} | |",
-        f"| end-to-end events/s, input | {s['e2e_input_events_per_s']:,.0f} | ≥ 100,000 "
-        f"{mark(bar['e2e_input_events_per_s>=100k'])} |",
-        f"| ingest latency p50 / p99 | {s['ingest_p50_ms']} / {s['ingest_p99_ms']} ms | "
-        f"p99 ≤ 10 ms {mark(bar['p99_ms<=10'])} |",
-        f"| relay peak RSS (VmHWM) | {rss} | ≤ 80 MB {mark(bar['peak_rss_mb<=80'])} |",
-        f"| relay RSS warm → end of load | {s['rss_warm_mb']} → {s['rss_end_mb']} MB | flat |",
-        f"| delivered / expected | {s['delivered']:,} / {s['expected']:,} "
-        f"(missing {s['missing']:,}, excess {s['excess']:,}) | all "
-        f"{mark(bar['all_delivered'])} |",
-        f"| requests ok / non-2xx / errors | {load['ok']:,} / {load['non_2xx'] or 0} / "
-        f"{load['errors'] or 0} | |",
-        f"| CPU s relay / sink / loadgen | {r['cpu_s']['relay']} / {r['cpu_s']['sink']} / "
-        f"{r['cpu_s']['loadgen']} ({s['relay_cpu_us_per_event']} µs/event in relay) | "
-        f"≤ 3.5 µs/event {mark(bar['cpu_us_per_event<=3.5'])} |",
-        "",
-    ))
+    return "\n".join(
+        (
+            f"## statsig-relay bench {r['started_at']}",
+            "",
+            f"`{r['command']}`",
+            "",
+            f"relay `{relay['cmd']}` at commit {r['code']['commit']} "
+            f"({r['code']['dirty_files']} uncommitted files); {r['machine']['cpus']} CPUs",
+            "",
+            "| metric | value | bar |",
+            "| --- | --- | --- |",
+            f"| ingest events/s | {s['ingest_events_per_s']:,.0f} | |",
+            f"| end-to-end events/s, delivered | {s['e2e_events_per_s']:,.0f} | |",
+            f"| end-to-end events/s, input | {s['e2e_input_events_per_s']:,.0f} | ≥ 100,000 "
+            f"{mark(bar['e2e_input_events_per_s>=100k'])} |",
+            f"| ingest latency p50 / p99 | {s['ingest_p50_ms']} / {s['ingest_p99_ms']} ms | "
+            f"p99 ≤ 10 ms {mark(bar['p99_ms<=10'])} |",
+            f"| relay peak RSS (VmHWM) | {rss} | ≤ 80 MB {mark(bar['peak_rss_mb<=80'])} |",
+            f"| relay RSS warm → end of load | {s['rss_warm_mb']} → {s['rss_end_mb']} MB | flat |",
+            f"| delivered / expected | {s['delivered']:,} / {s['expected']:,} "
+            f"(missing {s['missing']:,}, excess {s['excess']:,}) | all "
+            f"{mark(bar['all_delivered'])} |",
+            f"| requests ok / non-2xx / errors | {load['ok']:,} / {load['non_2xx'] or 0} / "
+            f"{load['errors'] or 0} | |",
+            f"| CPU s relay / sink / loadgen | {r['cpu_s']['relay']} / {r['cpu_s']['sink']} / "
+            f"{r['cpu_s']['loadgen']} ({s['relay_cpu_us_per_event']} µs/event in relay) | "
+            f"≤ 3.5 µs/event {mark(bar['cpu_us_per_event<=3.5'])} |",
+            "",
+        )
+    )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -484,25 +543,43 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-requests", type=int, default=1_000_000)
     p.add_argument("--events-per-batch", type=int, default=100)
     p.add_argument("--wrap", action="store_true", help='send {"data": [...]} bodies')
-    p.add_argument("--relay-cmd", default=DEFAULT_RELAY_CMD,
-                   help="relay command; placeholders {python} {config} {tmpdir} {listen} "
-                        "{admin_listen} {port} {admin_port} {sink_url} {bench_dir}")
+    p.add_argument(
+        "--relay-cmd",
+        default=DEFAULT_RELAY_CMD,
+        help="relay command; placeholders {python} {config} {tmpdir} {listen} "
+        "{admin_listen} {port} {admin_port} {sink_url} {bench_dir}",
+    )
     p.add_argument("--relay-cwd", default=str(BENCH_DIR.parent), help="default: this checkout")
-    p.add_argument("--synchronous", choices=("full", "normal"), default="full",
-                   help="the SQLite spool's synchronous setting (full: fsync every commit)")
+    p.add_argument(
+        "--synchronous",
+        choices=("full", "normal"),
+        default="full",
+        help="the SQLite spool's synchronous setting (full: fsync every commit)",
+    )
     p.add_argument("--rss-every", type=float, default=5.0, help="RSS sample interval, s")
     p.add_argument("--relay-env", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--config-template", default=None,
-                   help="relay config file with {{name}} tokens (default: built-in sqlite one)")
+    p.add_argument(
+        "--config-template",
+        default=None,
+        help="relay config file with {{name}} tokens (default: built-in sqlite one)",
+    )
     p.add_argument("--webhook-path", default="/webhooks/statsig")
     p.add_argument("--ready-path", default="/readyz")
     p.add_argument("--metrics-path", default="/metrics")
-    p.add_argument("--expect", choices=("kept", "all"), default="kept",
-                   help="kept: the route filters statsig::diagnostics; all: nothing filtered")
+    p.add_argument(
+        "--expect",
+        choices=("kept", "all"),
+        default="kept",
+        help="kept: the route filters statsig::diagnostics; all: nothing filtered",
+    )
     p.add_argument("--ready-timeout", type=float, default=30.0)
     p.add_argument("--drain-timeout", type=float, default=60.0)
-    p.add_argument("--settle", type=float, default=1.0,
-                   help="seconds to keep watching the sink after it is complete (duplicates)")
+    p.add_argument(
+        "--settle",
+        type=float,
+        default=1.0,
+        help="seconds to keep watching the sink after it is complete (duplicates)",
+    )
     p.add_argument("--stop-timeout", type=float, default=15.0)
     p.add_argument("--tmp-root", default=None, help="where the temp dir (spool) goes")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (logs, spool)")

@@ -83,8 +83,9 @@ def make_handler(stats: Stats) -> Any:
                 doc = orjson.loads(body)
             except orjson.JSONDecodeError:
                 stats.bad_requests += 1
-                return web.Response(status=400, body=b'{"error":"invalid json"}',
-                                    content_type="application/json")
+                return web.Response(
+                    status=400, body=b'{"error":"invalid json"}', content_type="application/json"
+                )
             now = time.time()
             stats.requests += 1
             stats.events += count_events(doc)
@@ -94,8 +95,7 @@ def make_handler(stats: Stats) -> Any:
             stats.last_ts = now
             return web.Response(body=_OK, content_type="application/json")
         if method == "GET" and request.path == "/stats":
-            return web.Response(body=orjson.dumps(stats.as_dict()),
-                                content_type="application/json")
+            return web.Response(body=orjson.dumps(stats.as_dict()), content_type="application/json")
         if method == "GET" and request.path in ("/healthz", "/readyz"):
             return web.Response(body=b"ok")
         return web.Response(status=404 if method == "GET" else 405)
@@ -119,8 +119,9 @@ async def serve(host: str, port: int) -> None:
     try:
         await stop.wait()
     finally:
-        print(f"sink stopping: {orjson.dumps(stats.as_dict()).decode()}", file=sys.stderr,
-              flush=True)
+        print(
+            f"sink stopping: {orjson.dumps(stats.as_dict()).decode()}", file=sys.stderr, flush=True
+        )
         await runner.cleanup()
 
 

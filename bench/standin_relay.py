@@ -50,8 +50,14 @@ class Standin:
         self.exclude = frozenset(route.get("filter", {}).get("exclude_events", ()))
         self.buffer: list[Any] = []
         self.wake = asyncio.Event()
-        self.counts = {"received": 0, "filtered": 0, "delivered": 0, "rejected": 0, "failed": 0,
-                       "pushed_back": 0}
+        self.counts = {
+            "received": 0,
+            "filtered": 0,
+            "delivered": 0,
+            "rejected": 0,
+            "failed": 0,
+            "pushed_back": 0,
+        }
 
     def verify(self, request: web.BaseRequest, body: bytes) -> bool:
         ts = request.headers.get("X-Statsig-Request-Timestamp", "")
@@ -98,8 +104,11 @@ class Standin:
 
             async def post(batch: list[Any]) -> None:
                 try:
-                    async with session.post(self.url, data=orjson.dumps(batch),
-                                            headers={"Content-Type": "application/json"}) as r:
+                    async with session.post(
+                        self.url,
+                        data=orjson.dumps(batch),
+                        headers={"Content-Type": "application/json"},
+                    ) as r:
                         await r.read()
                         key = "delivered" if r.status < 300 else "failed"
                 except (aiohttp.ClientError, TimeoutError):
@@ -115,7 +124,7 @@ class Standin:
                 pending, self.buffer = self.buffer, []
                 for i in range(0, len(pending), self.batch_max):
                     await sem.acquire()
-                    task = asyncio.create_task(post(pending[i:i + self.batch_max]))
+                    task = asyncio.create_task(post(pending[i : i + self.batch_max]))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
             if tasks:
