@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import logging
 import os
@@ -239,12 +240,12 @@ class Relay:
             await site.start()
         except OSError as exc:
             key = "listen" if name == "public" else "admin_listen"
-            hint = (
-                ""
-                if reuse_port or name != "public"
-                else " (relays meant to share a port set server.reuse_port)"
-            )
-            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            shareable = exc.errno == errno.EADDRINUSE and name == "public" and not reuse_port
+            hint = " (relays meant to share a port set server.reuse_port)" if shareable else ""
+            # asyncio's bind error repeats the address as a tuple; a resolver error
+            # (socket.gaierror) has a negative errno and its own text.
+            positive = isinstance(exc.errno, int) and exc.errno > 0
+            reason = os.strerror(exc.errno) if positive else exc.strerror or str(exc)
             raise OSError(exc.errno, f"server.{key} {address}: {reason}{hint}") from None
         return int(runner.addresses[0][1])  # the bound port, also when port 0 was asked for
 
