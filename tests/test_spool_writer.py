@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sqlite3
 from pathlib import Path
 
 import aiohttp
@@ -172,3 +173,36 @@ async def test_a_relay_killed_with_9_takes_its_writer_with_it_and_no_secret_went
         await daemon.start(f"http://127.0.0.1:{admin}/readyz")  # the lock is free again
         await poll_until(lambda: {f"a-{i}" for i in range(10)} <= delivered(fake), timeout=15)
         assert await daemon.terminate() == 0
+
+
+async def test_an_ack_committed_by_a_writer_that_died_before_answering_frees_no_id_for_reuse(
+    tmp_path: Path,
+) -> None:
+    """The writer deletes an acked row, then dies before it answers: the relay still holds
+    the row in its schedule. The next writer must not give that id to a new row (it would be
+    claimed for the old row's target and deleted by its ack), and the stale row must go."""
+    path = tmp_path / "s.db"
+    spool = SqliteSpool(SqliteSpoolConfig(path=str(path)))
+    await spool.open()
+    try:
+        await spool.enqueue([NewRow("a", "ra", b'[{"eventName":"for-a"}]', 1, now_ms())])
+        (claimed,) = await spool.claim("a", 10, BIG, 0.001)  # a lease long gone below
+        # The ack's commit, as the dying writer made it; then the writer is gone.
+        with sqlite3.connect(path) as db:
+            db.execute("DELETE FROM queue WHERE id = ?", (claimed.id,))
+        os.kill(writer_pid(spool), signal.SIGKILL)
+
+        async def enqueued() -> bool:
+            try:
+                await spool.enqueue([NewRow("b", "rb", b'[{"eventName":"for-b"}]', 1, now_ms())])
+            except WriterGone:
+                return False
+            return True
+
+        await poll_until(enqueued, timeout=10, interval=0.05)
+        (for_b,) = await spool.claim("b", 10, BIG, 30)
+        assert for_b.id != claimed.id
+        assert orjson.loads(for_b.body)[0]["eventName"] == "for-b"
+        assert await spool.claim("a", 10, BIG, 30) == []
+    finally:
+        await spool.close()

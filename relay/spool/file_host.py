@@ -142,10 +142,11 @@ class ProcessHost(FileHost):
         if not self.running or self._writer is None:
             raise WriterGone("the spool's writer process is not running")
         frame = pickle.dumps((operation, args), protocol=pickle.HIGHEST_PROTOCOL)
+        header = len(frame).to_bytes(HEADER_BYTES, "big")  # OverflowError before any queueing
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending.append(future)  # before writing: replies come back in this order
         try:
-            self._writer.writelines((len(frame).to_bytes(HEADER_BYTES, "big"), frame))
+            self._writer.writelines((header, frame))
             await self._writer.drain()
         except ConnectionError as exc:  # the reader fails ``future`` too, and says why
             raise WriterGone("the spool's writer process went away") from exc

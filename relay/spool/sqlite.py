@@ -69,22 +69,35 @@ class SqliteSpool(Spool):
         self._bodies: dict[int, bytes] = {}
         self._bodies_size = 0
         self._synced_at = 0.0
+        self._max_id = 0  # the highest row id this relay has known (see _take_in)
 
     # -- lifecycle -------------------------------------------------------------------------
     async def open(self) -> None:
+        await self._start_writer()
+
+    async def _start_writer(self) -> None:
+        """Start the writer and open the file; a writer whose open failed is stopped again,
+        so the next call starts a new one instead of using a writer with no file."""
         await self._host.start()
         try:
-            self._take_in(await self._host.call("open"))
+            self._take_in(await self._host.call("open", self._max_id + 1))
         except BaseException:
             await self._host.stop()
             raise
 
     def _take_in(self, opened: Opened) -> None:
         """The file's rows join the schedule (leases are kept in memory only: a previous
-        process's claims are due again now); rows already known are left as they are."""
+        process's claims are due again now); rows already known are left as they are.
+
+        After a writer restart, a known row the file no longer holds was deleted by a commit
+        whose answer was lost with the old writer (an ack): it leaves the schedule, and new
+        ids start above every id known here, so no id names two rows."""
         self._bytes = opened.stats.bytes_used
+        in_file = {row[0] for row in opened.rows}
+        self._removed([row_id for row_id in list(self._due.rows) if row_id not in in_file])
         targets = set()
         for row in opened.rows:
+            self._max_id = max(self._max_id, row[0])
             if self._due.add(QueuedRow(*row)):
                 targets.add(row[1])
         self._notify(targets)
@@ -100,8 +113,7 @@ class SqliteSpool(Spool):
             async with self._restarting:
                 if not self._host.running:
                     await self._host.stop()
-                    await self._host.start()
-                    self._take_in(await self._host.call("open"))
+                    await self._start_writer()
                     logger.warning("spool: a new writer process took over the file")
         return await self._host.call(operation, *args)
 
@@ -151,6 +163,7 @@ class SqliteSpool(Spool):
     def _added(self, rows: list[NewRow], ids: list[int], cache: bool) -> None:
         """Committed rows join the schedule (and their bodies the cache)."""
         for r, row_id in zip(rows, ids, strict=True):
+            self._max_id = max(self._max_id, row_id)
             size = len(r.body)
             queued = QueuedRow(
                 row_id,

@@ -145,7 +145,9 @@ class SpoolFile:
         }
 
     # -- lifecycle -------------------------------------------------------------------------
-    def open(self) -> Opened:
+    def open(self, min_next_id: int = 1) -> Opened:
+        """Open the file; new rows get ids of at least ``min_next_id`` (a restarted writer must
+        not give an id the relay still knows, e.g. one whose deletion it never heard of)."""
         self._path.parent.mkdir(parents=True, exist_ok=True)
         if self._lock:
             self._take_lock()
@@ -171,7 +173,8 @@ class SpoolFile:
         # lease_until column stays for files written by older versions.
         self._data_version = db.execute("PRAGMA data_version").fetchone()[0]
         rows = db.execute(_SELECT_META).fetchall()
-        self._next_id = db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM queue").fetchone()[0]
+        first_free = db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM queue").fetchone()[0]
+        self._next_id = max(first_free, min_next_id)
         return Opened(rows, self.stats())
 
     def _take_lock(self) -> None:
