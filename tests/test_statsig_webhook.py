@@ -143,6 +143,17 @@ async def test_unsigned_url_verification_is_answered_with_its_code(
     assert status == 400 and "verification_code" in payload["error"]
 
 
+async def test_a_signed_url_verification_over_4_kb_is_answered_on_the_raw_path_too(
+    relay_factory: RelayFactory, fake_targets: FakeTargetFactory
+) -> None:
+    fake = await fake_targets()
+    relay = await relay_factory(config(fake))
+    body = orjson.dumps({"data": [{**HANDSHAKE, "padding": "x" * 5000}]})
+    status, payload, _ = await post(webhook_url(relay), body, signed_headers("old-secret", body))
+    assert (status, payload) == (200, {"verification_code": "c0de"})
+    assert (await relay.spool.stats()).queued == {}
+
+
 async def test_malformed_json_is_400_with_the_reason(
     relay_factory: RelayFactory, fake_targets: FakeTargetFactory
 ) -> None:
