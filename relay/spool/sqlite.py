@@ -73,11 +73,9 @@ class SqliteSpool(Spool):
 
     # -- lifecycle -------------------------------------------------------------------------
     async def open(self) -> None:
-        await self._start_writer()
-
-    async def _start_writer(self) -> None:
-        """Start the writer and open the file; a writer whose open failed is stopped again,
-        so the next call starts a new one instead of using a writer with no file."""
+        """Start the writer and open the file (also to replace a writer that died); a writer
+        whose open failed is stopped again, so the next call starts a new one instead of
+        using a writer with no file."""
         await self._host.start()
         try:
             self._take_in(await self._host.call("open", self._max_id + 1))
@@ -113,7 +111,7 @@ class SqliteSpool(Spool):
             async with self._restarting:
                 if not self._host.running:
                     await self._host.stop()
-                    await self._start_writer()
+                    await self.open()
                     logger.warning("spool: a new writer process took over the file")
         return await self._host.call(operation, *args)
 
