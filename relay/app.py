@@ -356,6 +356,9 @@ class Relay:
             m.spool_oldest_age.labels(name).set(max(0, now - oldest) / 1000 if oldest else 0)
             dead = stats.dead.get(name)
             m.dlq_events.labels(name).set(dead.events if dead else 0)
+            target = self.targets.get(name)
+            held = depth.events if depth and target is not None and target.health.failing else 0
+            m.target_held_events.labels(name).set(held)
         m.spool_bytes.set(stats.bytes_used)
 
     async def _expire_state(self) -> None:
@@ -371,6 +374,9 @@ class Relay:
         return all(d.running for d in self.deliverers.values())
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Whether this relay can accept and commit events. A target's health is not part of
+        it (one expired key must not take every replica out of a load balancer): it is on
+        /status, the metrics and the RelayTargetFailing alert."""
         problems: list[str] = []
         if not self.started:
             problems.append("starting")
@@ -383,14 +389,13 @@ class Relay:
         for name, target in self.targets.items():
             health = target.health
             targets[name] = {
+                "state": health.state.value,
                 "failing": health.failing,
                 "reason": self.redact(health.reason),
                 "last_error": self.redact(
                     self.deliverers[name].last_error if name in self.deliverers else ""
                 ),
             }
-            if health.failing:
-                problems.append(f"target {name}: {self.redact(health.reason)}")
         return not problems, {"ready": not problems, "problems": problems, "targets": targets}
 
     async def status(self) -> dict[str, Any]:
@@ -412,8 +417,10 @@ class Relay:
                     queued=depth.events if depth else 0,
                     oldest_age_s=max(0.0, now - oldest / 1000) if oldest else 0.0,
                     dead=dead.events if dead else 0,
-                    failing=target.health.failing,
-                    failing_reason=target.health.reason,
+                    state=target.health.state.value,
+                    state_reason=target.health.reason,
+                    state_since=target.health.since,
+                    held=(depth.events if depth else 0) if target.health.failing else 0,
                     last_error=deliverer.last_error if deliverer else "",
                     backoff_s=deliverer.backoff_s(now) if deliverer else 0.0,
                 )

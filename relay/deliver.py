@@ -1,21 +1,28 @@
 """Delivery: one loop per target, from the spool to the target, with retries and dead letters.
 
 The loop claims due rows (leased), lingers briefly for a fuller batch, and sends with a bounded
-number of requests in flight. Each batch ends in exactly one spool operation:
+number of requests in flight. A target answers for the whole batch or, when it can tell, for each
+event (relay/targets/base.py). One place, :meth:`Deliverer._settle`, turns those answers into
+spool actions:
 
 * delivered → ack;
 * retryable (network, timeout, 408, 429, 5xx but 501) → a few quick retries in process
   (tenacity: exponential backoff with jitter, Retry-After honoured), then back to the spool with
   a later next-attempt time; past ``max_attempts`` or ``max_age`` → dead-letter;
-* rejected (other 4xx) → bisect to isolate the bad events; only those are dead-lettered;
-* encode error (the target's ``send`` raised) → the same bisection: only the events that
-  cannot be encoded are dead-lettered, with reason ``encode_error``; the rest are delivered;
-* too large (413) → split and resend;
-* unauthorized (401/403: the target refuses our credential) → no bisection; the target is
-  marked failing and the events are held in the spool (attempts not counted) while one probe
-  batch per backoff period tries again; the first success clears it. Held events past
-  ``max_age`` are dead-lettered with reason ``unauthorized``;
-* fatal (the target is misconfigured, e.g. not its API) → dead-letter, mark the target failing.
+* named by the target as bad (Amplitude's invalid fields, Mixpanel's failed records) → exactly
+  those are dead-lettered; the rest is delivered or resent at once, as the target says;
+* rejected as a batch (other 4xx) → bisected, breadth first, to isolate the bad events; they are
+  dead-lettered only once the target has shown it takes other events. If no request of the batch
+  is delivered within ``2·log2(n) + 10`` rejected requests, or a target that has delivered
+  nothing rejects every event, the target is the problem: it is marked failing, not the events;
+* cannot be encoded (the target's ``send`` raised) → an event that cannot even be read back is
+  dead-lettered alone (reason ``encode_error``, naming why); otherwise bisection isolates the
+  events the target cannot encode; the rest are delivered;
+* too large (413) → split and resend; a single event too large is dead-lettered;
+* target failing (credential refused, misconfigured, rejects everything, or unreachable for
+  ``failing_after``; relay/health.py) → the events are held in the spool, attempts not counted,
+  and one probe batch at a time goes out after a growing backoff; held events past ``max_age``
+  are dead-lettered with the reason the target was failing.
 
 A slow or failing target only ever holds its own loop's slots: targets never share a loop.
 """
@@ -25,8 +32,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -34,6 +43,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_result, stop_after_
 from tenacity.wait import wait_random_exponential
 
 from .events import now_ms
+from .health import State, TargetHealth
 from .metrics import RelayMetrics
 from .spool.base import Spool
 from .spool.records import DeadRow, NewRow, SpoolRow, dead_from
@@ -44,7 +54,17 @@ logger = logging.getLogger(__name__)
 POLL_SECONDS = 1.0  # fallback poll for rows made due by time (retries) or by other processes
 IN_PROCESS_WAIT_CAP = 10.0  # longer Retry-After waits go back to the spool instead
 ENCODE_ERROR = "encode_error"  # dead-letter reason (and metric label): the target could not encode
-UNAUTHORIZED = "unauthorized"  # dead-letter reason: held past max_age while our key was refused
+# Why a target is failing: the first word of a held event's dead-letter reason past max_age.
+UNAUTHORIZED = "unauthorized"  # 401/403: our credential is refused
+MISCONFIGURED = "misconfigured"  # the target says it is not the service's API
+REJECTING = "rejecting"  # the target rejects every event it is sent
+UNREACHABLE = "unreachable"  # transient failures for longer than failing_after
+
+
+def rejection_budget(events: int) -> int:
+    """Rejected requests, with nothing delivered, before a batch's rejections are blamed on the
+    target rather than its events: enough to bisect a few bad events out of ``events``."""
+    return 2 * math.ceil(math.log2(max(events, 1))) + 10
 
 
 @dataclass(slots=True)
@@ -52,11 +72,13 @@ class _Result:
     """What happened to each part of a claimed batch."""
 
     delivered: int = 0
+    retried: int = 0  # events that needed a retry (counted once per claim)
     retry: list[tuple[Batch, Outcome]] = field(default_factory=list)
     dead: list[tuple[Batch, str]] = field(default_factory=list)
-    held: list[Batch] = field(default_factory=list)  # the target refused our credential
-    fatal: Outcome | None = None
-    refused: Outcome | None = None
+    # Single events a target refused without saying why: dead if the target takes others.
+    blamed: list[tuple[Batch, str]] = field(default_factory=list)
+    held: list[Batch] = field(default_factory=list)  # the target is failing: kept for later
+    hold: bool = False  # the target is failing: hold what is left of the batch
 
 
 class Deliverer:
@@ -77,20 +99,18 @@ class Deliverer:
         self.spool = spool
         self.name = target.name
         self.config = target.config
+        self.health = target.health
         # The claim lease (the Redis spool's `lease:`): replicas take over a dead replica's rows
         # after it; a live send renews it, so it is never taken over while it runs.
         self._lease = spool.lease_s
         self._slots = asyncio.Semaphore(self.config.concurrency)
         self._inflight: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
+        self._gate = asyncio.Event()  # set when a probe ends or the loop stops
         self._task: asyncio.Task[None] | None = None
         self.last_error = ""
         self._retry_at = 0.0  # epoch s of the next attempt of a batch put back; 0 when none
-        # While the target refuses our credential: since when, the refusal, and when the next
-        # probe may go out (batches claimed before then are held without a request).
-        self._refused_since: float | None = None
-        self._refusal: Outcome | None = None
-        self._probe_at = 0.0
+        self._hold_kind = ""  # why the target is failing (UNAUTHORIZED, …) while it is
         m = metrics
         self._m_delivered = m.events_delivered.labels(self.name)
         self._m_retried = m.events_retried.labels(self.name)
@@ -99,14 +119,20 @@ class Deliverer:
         self._m_latency = m.delivery_latency.labels(self.name)
         self._m_batch = m.batch_size.labels(self.name)
         self._m_failing = m.target_failing.labels(self.name)
+        self._m_state = {state: m.target_state.labels(self.name, state.value) for state in State}
         self._m_lease_lost = m.leases_lost.labels(self.name)
+        self.health.on_change = self._publish
+        self._publish(self.health)
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"deliver-{self.name}")
 
     def backoff_s(self, now: float) -> float:
-        """How long until the batch last put back is tried again (0 once delivering)."""
+        """How long until the next attempt: the next probe while the target is failing, else
+        the batch last put back (0 once delivering)."""
+        if self.health.failing:
+            return max(0.0, self.health.probe_at - now)
         return max(0.0, self._retry_at - now)
 
     @property
@@ -120,6 +146,7 @@ class Deliverer:
         restart (at-least-once).
         """
         self._stopping.set()
+        self._gate.set()
         self.spool.wakeup(self.name).set()
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
@@ -131,29 +158,50 @@ class Deliverer:
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
 
+    def _publish(self, health: TargetHealth) -> None:
+        self._m_failing.set(1 if health.failing else 0)
+        for state, gauge in self._m_state.items():
+            gauge.set(1 if health.state is state else 0)
+
     # -- the loop --------------------------------------------------------------------------
     async def _run(self) -> None:
         wakeup = self.spool.wakeup(self.name)
         cfg = self.config
         while not self._stopping.is_set():
+            # While the target is failing its events stay in the spool: no claim before the
+            # next probe, and one probe at a time.
+            delay = self.health.claim_delay(time.time())
+            if delay > 0:
+                self._gate.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._gate.wait(), delay)
+                continue
             await self._slots.acquire()
+            if self.health.claim_delay(time.time()) > 0:  # another batch became the probe
+                self._slots.release()
+                continue
+            probe = self.health.failing
+            if probe:
+                self.health.probing = True
             try:
                 wakeup.clear()
                 rows = await self.spool.claim(
                     self.name, cfg.batch_max_events, cfg.batch_max_bytes, self._lease
                 )
-                if rows and cfg.linger > 0:
+                if rows and cfg.linger > 0 and not probe:
                     rows = await self._linger(rows, wakeup)
             except Exception:
                 self._slots.release()
+                self._probe_done(probe)
                 logger.exception("target %s: claiming from the spool failed", self.name)
                 await self._sleep(wakeup, POLL_SECONDS)
                 continue
             if not rows:
                 self._slots.release()
+                self._probe_done(probe)
                 await self._sleep(wakeup, POLL_SECONDS)
                 continue
-            task = asyncio.create_task(self._deliver(rows))
+            task = asyncio.create_task(self._deliver(rows, probe))
             self._inflight.add(task)
             task.add_done_callback(self._finished)
 
@@ -162,6 +210,11 @@ class Deliverer:
         self._slots.release()
         if not task.cancelled() and task.exception() is not None:
             logger.error("target %s: delivery task failed", self.name, exc_info=task.exception())
+
+    def _probe_done(self, probe: bool) -> None:
+        if probe:
+            self.health.probing = False
+            self._gate.set()
 
     async def _sleep(self, wakeup: asyncio.Event, seconds: float) -> None:
         if self._stopping.is_set():
@@ -200,14 +253,15 @@ class Deliverer:
         return rows
 
     # -- one claimed batch -----------------------------------------------------------------
-    async def _deliver(self, rows: list[SpoolRow]) -> None:
+    async def _deliver(self, rows: list[SpoolRow], probe: bool) -> None:
         renewing = asyncio.create_task(self._renew_leases(rows))
         try:
-            await self._deliver_claimed(rows)
+            await self._deliver_claimed(rows, probe)
         finally:
             renewing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewing
+            self._probe_done(probe)
 
     async def _renew_leases(self, rows: list[SpoolRow]) -> None:
         """Keep the claim while the batch is sent (with its in-process retries): renew at a
@@ -230,23 +284,54 @@ class Deliverer:
                     lost,
                 )
 
-    async def _deliver_claimed(self, rows: list[SpoolRow]) -> None:
+    async def _deliver_claimed(self, rows: list[SpoolRow], probe: bool) -> None:
+        if probe:
+            rows = await self._expire_held(rows)
+            if not rows:
+                return
         batch = Batch(
             [r.body for r in rows], sum(r.count for r in rows), counts=[r.count for r in rows]
         )
         result = _Result()
-        if self._refusal is not None and time.time() < self._probe_at:
-            result.refused = self._refusal  # not our turn to probe: hold without a request
-            result.held.append(batch)
-            await self._settle(rows, batch, result)
-            return
-        for chunk in self._chunks(rows, batch, result):
-            await self._send_part(chunk, result)
+        attempts = 1 if probe else self.config.retries_in_process
+        queue: deque[Batch] = deque(self._chunks(rows, batch, result))
+        budget = rejection_budget(batch.count)
+        while queue:
+            part = queue.popleft()
+            if result.hold:
+                result.held.append(part)
+                continue
+            if not result.delivered and self.health.reject_streak >= budget:
+                # Nothing taken, every request refused: the target, not the events.
+                self._fail(REJECTING, f"rejects every event it is sent: {self.last_error}")
+                result.hold = True
+                result.held.append(part)
+                continue
+            await self._send_part(part, result, queue, attempts)
         await self._settle(rows, batch, result)
 
+    async def _expire_held(self, rows: list[SpoolRow]) -> list[SpoolRow]:
+        """Dead-letter held rows past ``max_age`` without sending them; the rest is the probe."""
+        now = now_ms()
+        max_age_ms = self.config.max_age * 1000
+        expired = [r for r in rows if now - r.first_received_ms >= max_age_ms]
+        if expired:
+            reason = self._held_too_long_reason()
+            await self.spool.dead_letter(expired, reason, now)
+            self._m_dead.labels(self.name, self._hold_kind or REJECTING).inc(
+                sum(r.count for r in expired)
+            )
+            logger.warning(
+                "target %s: dead-lettered %d held events: %s",
+                self.name,
+                sum(r.count for r in expired),
+                reason,
+            )
+        return [r for r in rows if now - r.first_received_ms < max_age_ms]
+
     def _chunks(self, rows: list[SpoolRow], batch: Batch, result: _Result) -> list[Batch]:
-        """The batch within the target's limits; a stored row that cannot even be read is
-        dead-lettered alone as an encode error instead of failing the whole claim."""
+        """The batch within the target's limits; a stored row that cannot even be cut into
+        events is dead-lettered alone as an encode error instead of failing the whole claim."""
         cfg = self.config
         try:
             return batch.chunks(cfg.batch_max_events, cfg.batch_max_bytes)
@@ -261,46 +346,88 @@ class Deliverer:
                     result.dead.append((one, f"{ENCODE_ERROR}: unreadable row: {exc}"[:300]))
             return chunks
 
-    async def _send_part(self, batch: Batch, result: _Result) -> None:
-        if result.fatal is not None:  # the target refuses us: don't keep knocking
-            result.dead.append((batch, result.fatal.reason))
+    async def _send_part(
+        self, batch: Batch, result: _Result, queue: deque[Batch], attempts: int
+    ) -> None:
+        """Send one part and record what became of it; parts to send next go on ``queue``
+        (breadth first, so a good half is tried before a bad half is cut further)."""
+        try:
+            outcome = await self._send_with_retries(batch, attempts, result)
+        except Exception as exc:
+            self._unencodable(batch, exc, result, queue)
             return
-        if result.refused is not None:  # our credential is refused: keep the rest for later
-            result.held.append(batch)
-            return
-        outcome = await self._send_with_retries(batch)
         verdict = outcome.verdict
         if verdict is Verdict.OK:
             result.delivered += batch.count
             self._m_batch.observe(batch.count)
-            return
-        if verdict is Verdict.RETRY:
-            result.retry.append((batch, outcome))
-            return
-        if verdict is Verdict.UNAUTHORIZED:
-            result.refused = outcome
+        elif verdict is Verdict.PARTIAL:
+            self._per_event(batch, outcome, result, queue)
+        elif verdict is Verdict.RETRY:
+            if self.health.failing:  # unreachable for failing_after, or refused meanwhile
+                result.hold = True
+                result.held.append(batch)
+            else:
+                result.retry.append((batch, outcome))
+        elif verdict in (Verdict.UNAUTHORIZED, Verdict.FATAL):
+            result.hold = True
             result.held.append(batch)
-            return
-        if verdict is Verdict.FATAL:
-            result.fatal = outcome
-            result.dead.append((batch, outcome.reason))
-            return
-        # REJECT (an encode error too) or TOO_LARGE: bisect until the offenders stand alone.
-        if batch.count > 1:
-            try:
-                halves = batch.halves()
-            except Exception as exc:  # rows that cannot be read: nothing to split them by
-                result.dead.append((batch, f"{ENCODE_ERROR}: unreadable row: {exc}"[:300]))
-                return
-            for half in halves:
-                if half.count:
-                    await self._send_part(half, result)
-            return
-        result.dead.append((batch, outcome.reason or verdict.value))
+        elif batch.count == 1:
+            if verdict is Verdict.REJECT and outcome.status is not None:
+                result.blamed.append((batch, outcome.reason or verdict.value))
+            else:  # too large alone, or refused by the target's own check before sending
+                result.dead.append((batch, outcome.reason or verdict.value))
+        else:  # REJECT or TOO_LARGE: cut in two and try each half
+            queue.extend(batch.halves())
 
-    async def _send_with_retries(self, batch: Batch) -> Outcome:
-        attempts = self.config.retries_in_process
+    def _unencodable(
+        self, batch: Batch, exc: Exception, result: _Result, queue: deque[Batch]
+    ) -> None:
+        """The target could not encode (some of) these events: permanent for them. An event
+        that cannot even be read back is dead-lettered alone; otherwise bisect."""
+        reason = f"{ENCODE_ERROR}: {type(exc).__name__}: {exc}"[:300]
+        if batch.count == 1:
+            logger.warning("target %s: cannot encode an event: %s", self.name, exc, exc_info=exc)
+            result.dead.append((batch, reason))
+            return
+        readable, unreadable = batch.readable()
+        if unreadable:
+            for one, why in unreadable:
+                logger.warning("target %s: cannot read a stored event: %s", self.name, why)
+                result.dead.append((one, f"{ENCODE_ERROR}: {why}"[:300]))
+            if readable.count:
+                queue.append(readable)
+            return
+        queue.extend(batch.halves())
 
+    def _per_event(
+        self, batch: Batch, outcome: Outcome, result: _Result, queue: deque[Batch]
+    ) -> None:
+        """The target named the events it did not take: act on exactly those."""
+        named = {i: o for i, o in (outcome.events or {}).items() if 0 <= i < batch.count}
+        if not named:  # nothing to act on: the answer says nothing usable
+            result.retry.append((batch, replace(outcome, verdict=Verdict.RETRY, events=None)))
+            return
+        retry = [i for i, o in named.items() if o.verdict is Verdict.RETRY]
+        dead = [i for i in named if i not in retry]
+        for i in dead:
+            result.dead.append((batch.subset((i,)), named[i].reason or outcome.reason))
+        if retry:
+            wait = max((named[i].retry_after or 0.0 for i in retry), default=0.0)
+            first = named[retry[0]]
+            result.retry.append(
+                (batch.subset(retry), Outcome(Verdict.RETRY, first.reason, wait or None))
+            )
+        others = [i for i in range(batch.count) if i not in named]
+        if not others:
+            return
+        if outcome.others_delivered:
+            result.delivered += len(others)
+            self._m_batch.observe(len(others))
+            self.health.delivered()
+        else:
+            queue.append(batch.subset(others))  # refused because of the named ones: resend
+
+    async def _send_with_retries(self, batch: Batch, attempts: int, result: _Result) -> Outcome:
         def wait(state: RetryCallState) -> float:
             outcome = state.outcome.result() if state.outcome else None
             backoff = wait_random_exponential(multiplier=0.25, max=IN_PROCESS_WAIT_CAP)(state)
@@ -312,7 +439,11 @@ class Deliverer:
             outcome = state.outcome.result() if state.outcome else None
             if outcome is not None and (outcome.retry_after or 0) > IN_PROCESS_WAIT_CAP:
                 return True  # a long Retry-After: let the spool wait, not a slot
-            return self._stopping.is_set() or stop_after_attempt(attempts)(state)
+            return (
+                self._stopping.is_set()
+                or self.health.failing
+                or stop_after_attempt(attempts)(state)
+            )
 
         retrying = AsyncRetrying(
             stop=give_up,
@@ -322,70 +453,58 @@ class Deliverer:
             reraise=True,
         )
         outcome: Outcome = await retrying(self._send_once, batch)
+        if retrying.statistics.get("attempt_number", 1) > 1 or outcome.verdict is Verdict.RETRY:
+            result.retried += batch.count
         return outcome
 
     async def _send_once(self, batch: Batch) -> Outcome:
-        try:
-            outcome = await self.target.send(batch)
-        except Exception as exc:
-            # The target could not encode (some of) these events: permanent for them, so
-            # bisection isolates them and delivers the rest. Retrying would fail the same way
-            # and hold every event batched with them.
-            outcome = Outcome(Verdict.REJECT, f"{ENCODE_ERROR}: {type(exc).__name__}: {exc}"[:300])
-            if batch.count == 1:
-                logger.warning(
-                    "target %s: cannot encode an event: %s", self.name, exc, exc_info=exc
-                )
+        """One request; raises only when the target cannot encode the events."""
+        outcome = await self.target.send(batch)
         if outcome.reason and not outcome.ok:
             outcome = replace(outcome, reason=self._redact(outcome.reason))
         self._m_requests.labels(self.name, outcome.verdict.value).inc()
-        if outcome.verdict is Verdict.RETRY:
-            self._m_retried.inc(batch.count)
-            self.last_error = outcome.reason
-            logger.warning(
+        verdict = outcome.verdict
+        if verdict is Verdict.OK:
+            self.health.delivered()
+            return outcome
+        self.last_error = outcome.reason
+        if verdict is Verdict.RETRY:
+            logger.debug(
                 "target %s: %d events not delivered, will retry: %s",
                 self.name,
                 batch.count,
                 outcome.reason,
             )
-        elif outcome.verdict is Verdict.UNAUTHORIZED:
-            self._refused(outcome)
-        elif outcome.verdict is Verdict.FATAL:
-            self._mark_failing(outcome)
-        elif outcome.ok and self.target.health.failing:
-            self.target.health.failing = False
-            self._refused_since = self._refusal = None
-            self._probe_at = 0.0
-            self._m_failing.set(0)
-            logger.info("target %s: accepting events again", self.name)
+            if not self.health.failing:
+                self._hold_kind = UNREACHABLE  # the kind, should failing_after pass
+            self.health.transient(outcome.reason)
+        elif verdict is Verdict.UNAUTHORIZED:
+            self._fail(UNAUTHORIZED, outcome.reason)
+        elif verdict is Verdict.FATAL:
+            self._fail(MISCONFIGURED, outcome.reason)
+        elif verdict is Verdict.REJECT and outcome.status is not None:
+            self.health.rejected()  # the service refused them (not a check of the target's own)
         return outcome
 
-    def _refused(self, outcome: Outcome) -> None:
-        """Our credential was refused: hold events, probe again after a backoff that grows
-        with the length of the refusal (retry_initial … retry_max)."""
-        now = time.time()
-        if self._refused_since is None:
-            self._refused_since = now
-        self._refusal = outcome
-        self.last_error = outcome.reason
-        cfg = self.config
-        delay = min(cfg.retry_max, max(cfg.retry_initial, now - self._refused_since))
-        self._probe_at = now + random.uniform(delay / 2, delay)
-        self._mark_failing(outcome)
-
-    def _mark_failing(self, outcome: Outcome) -> None:
-        health = self.target.health
-        if not health.failing:
-            logger.error("target %s: failing: %s", self.name, outcome.reason)
-        health.failing = True
-        health.reason = outcome.reason
-        health.since = time.time()
-        self._m_failing.set(1)
+    def _fail(self, kind: str, reason: str) -> None:
+        self._hold_kind = kind
+        self.health.fail(reason)
 
     async def _settle(self, rows: list[SpoolRow], batch: Batch, result: _Result) -> None:
         now = now_ms()
         first_received = min(r.first_received_ms for r in rows)
         attempts = max(r.attempts for r in rows) + 1
+        if result.blamed:
+            if result.delivered or self.health.proven:  # it takes events: these are bad
+                result.dead.extend(result.blamed)
+            else:  # it has taken nothing: blame the target, keep the events
+                if not self.health.failing:
+                    reason = f"rejects every event it is sent: {self.last_error}"
+                    self._fail(REJECTING, reason)
+                result.hold = True
+                result.held.extend(part for part, _ in result.blamed)
+        if result.retried:
+            self._m_retried.inc(result.retried)
         if result.delivered:
             self._retry_at = 0.0
             self._m_delivered.inc(result.delivered)
@@ -393,12 +512,11 @@ class Deliverer:
         if not result.retry and not result.dead and not result.held:
             await self.spool.ack(rows)
             return
-        refusal = result.refused
-        if refusal is not None and not result.retry and not result.dead and not result.delivered:
-            await self._hold(rows, refusal, now)
+        if not result.retry and not result.dead and not result.delivered:
+            await self._hold(rows, now)  # all held: the rows go back untouched
             return
         # Whole batch failed transiently: keep the rows, count the attempt.
-        if result.retry and not result.dead and result.delivered == 0 and len(result.retry) == 1:
+        if not result.dead and not result.held and not result.delivered and len(result.retry) == 1:
             outcome = result.retry[0][1]
             if self._exhausted(attempts, first_received, now):
                 reason = self._exhausted_reason(attempts, outcome)
@@ -409,7 +527,7 @@ class Deliverer:
             self._retry_at = next_attempt / 1000
             await self.spool.retry(rows, next_attempt, outcome.reason)
             return
-        # Mixed: replace the claimed rows by what is left to retry and what is dead.
+        # Mixed: replace the claimed rows by what is left to retry, what is held, what is dead.
         template = rows[0]
         requeue: list[NewRow] = []
         dead: list[DeadRow] = []
@@ -417,29 +535,21 @@ class Deliverer:
             if self._exhausted(attempts, first_received, now):
                 result.dead.append((part, self._exhausted_reason(attempts, outcome)))
                 continue
+            at = now + self._backoff_ms(attempts, outcome)
+            self._retry_at = at / 1000
             requeue.append(
-                self._requeued(
-                    template.route,
-                    part,
-                    first_received,
-                    attempts,
-                    now + self._backoff_ms(attempts, outcome),
-                    outcome.reason,
-                )
+                self._requeued(template.route, part, first_received, attempts, at, outcome.reason)
             )
+        probe_ms = int(self.health.probe_at * 1000)
         for part in result.held:
-            assert refusal is not None  # held only once refused
-            if now - first_received >= self.config.max_age * 1000:
-                result.dead.append((part, self._held_too_long_reason(refusal)))
-                continue
             requeue.append(
                 self._requeued(
                     template.route,
                     part,
                     first_received,
-                    attempts - 1,  # a refused credential is not the events' attempt
-                    int(self._probe_at * 1000),
-                    refusal.reason,
+                    attempts - 1,  # the target's failure is not the events' attempt
+                    probe_ms,
+                    self.health.reason,
                 )
             )
         for part, reason in result.dead:
@@ -448,35 +558,27 @@ class Deliverer:
             logger.warning("target %s: dead-lettered %d events: %s", self.name, part.count, reason)
         await self.spool.settle(rows, requeue, dead)
 
-    async def _hold(self, rows: list[SpoolRow], refusal: Outcome, now: int) -> None:
-        """Put rows back untouched (attempts not counted) until the next probe; rows past
-        ``max_age`` are dead-lettered with reason ``unauthorized``."""
-        self._retry_at = self._probe_at
-        next_attempt = int(self._probe_at * 1000)
-        requeue: list[NewRow] = []
-        dead: list[DeadRow] = []
-        for row in rows:
-            if now - row.first_received_ms >= self.config.max_age * 1000:
-                dead.append(dead_from(row, self._held_too_long_reason(refusal), now))
-                self._m_dead.labels(self.name, UNAUTHORIZED).inc(row.count)
-                continue
-            requeue.append(
-                NewRow(
-                    row.target,
-                    row.route,
-                    row.body,
-                    row.count,
-                    row.first_received_ms,
-                    attempts=row.attempts,
-                    next_attempt_ms=next_attempt,
-                    last_error=refusal.reason,
-                )
+    async def _hold(self, rows: list[SpoolRow], now: int) -> None:
+        """Put rows back untouched (attempts not counted) until the next probe."""
+        next_attempt = int(self.health.probe_at * 1000)
+        requeue = [
+            NewRow(
+                row.target,
+                row.route,
+                row.body,
+                row.count,
+                row.first_received_ms,
+                attempts=row.attempts,
+                next_attempt_ms=next_attempt,
+                last_error=self.health.reason,
             )
-        self._m_retried.inc(sum(r.count for r in requeue))
-        await self.spool.settle(rows, requeue, dead)
+            for row in rows
+        ]
+        await self.spool.settle(rows, requeue, ())
 
-    def _held_too_long_reason(self, refusal: Outcome) -> str:
-        return f"{UNAUTHORIZED}: held past max_age {self.config.max_age:g}s: {refusal.reason}"
+    def _held_too_long_reason(self) -> str:
+        kind = self._hold_kind or REJECTING
+        return f"{kind}: held past max_age {self.config.max_age:g}s: {self.health.reason}"
 
     def _requeued(
         self, route: str, part: Batch, first_received: int, attempts: int, at_ms: int, error: str

@@ -88,7 +88,8 @@ class RelayMetrics:
         )
         self.events_retried = Counter(
             "relay_events_retried",
-            "Events whose delivery attempt failed and will be retried",
+            "Events whose delivery needed a retry, counted once per claim from the spool (the "
+            'failed requests are relay_delivery_requests_total{outcome="retry"})',
             ["target"],
             registry=r,
         )
@@ -120,7 +121,20 @@ class RelayMetrics:
         )
         self.target_failing = Gauge(
             "relay_target_failing",
-            "1 while a target refuses our credentials (events held) or is misconfigured",
+            "1 while a target is failing (credential refused, misconfigured, rejects every "
+            "event, or unreachable for failing_after): its events are held and probed",
+            ["target"],
+            registry=r,
+        )
+        self.target_state = Gauge(
+            "relay_target_state",
+            "1 for a target's current health state (ok, degraded, failing), 0 for the others",
+            ["target", "state"],
+            registry=r,
+        )
+        self.target_held_events = Gauge(
+            "relay_target_held_events",
+            "Events waiting in the spool for a failing target (held until a probe delivers)",
             ["target"],
             registry=r,
         )

@@ -128,8 +128,10 @@ class TargetState:
     queued: int
     oldest_age_s: float
     dead: int
-    failing: bool
-    failing_reason: str
+    state: str  # ok | degraded | failing (relay/health.py)
+    state_reason: str
+    state_since: float
+    held: int  # events waiting while the target is failing
     last_error: str
     backoff_s: float
 
@@ -204,8 +206,12 @@ def document(
             "retrying_last_minute": int(recent("relay_events_retried_total", target=t.name)),
             "dead_lettered": by("relay_events_dead_lettered_total", "reason", target=t.name),
             "dlq": t.dead,
-            "failing": t.failing,
-            "failing_reason": redact(t.failing_reason),
+            "state": t.state,
+            "state_reason": redact(t.state_reason),
+            "state_since": _iso(t.state_since),
+            "held": t.held,
+            "failing": t.state == "failing",
+            "failing_reason": redact(t.state_reason) if t.state == "failing" else "",
             "last_error": redact(t.last_error),
             "backoff_s": round(t.backoff_s, 1),
         }

@@ -20,6 +20,7 @@ table{border-collapse:collapse;background:#fff;min-width:50%}
 th,td{border:1px solid #d8dde3;padding:.3em .6em;text-align:left;vertical-align:top}
 th{background:#eef1f4;font-weight:600}td.n{text-align:right;font-variant-numeric:tabular-nums}
 .ok{color:#16794c;font-weight:600}.bad{color:#b42318;font-weight:600}
+.warn{color:#b54708;font-weight:600}
 .meta{color:#555}.err{font-family:ui-monospace,monospace;font-size:.9em;max-width:40em}
 .bar{display:inline-block;width:10em;height:.8em;background:#e4e7eb;vertical-align:middle}
 .bar i{display:block;height:100%;background:#3b82f6}.bar i.hi{background:#b42318}
@@ -145,7 +146,7 @@ def tables(doc: dict[str, Any]) -> tuple[Table, Table, Table]:
             _duration(t["backoff_s"]),
             t["dlq"],
             _reasons(t["dead_lettered"]),
-            "failing: " + t["failing_reason"] if t["failing"] else "ok",
+            _state(t),
             t["last_error"],
         ]
         for name, t in doc["targets"].items()
@@ -217,8 +218,18 @@ def _text_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[st
     return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in table]
 
 
+def _state(target: dict[str, Any]) -> str:
+    state = target["state"]
+    if state == "ok":
+        return "ok"
+    held = f" ({target['held']} held)" if target.get("held") else ""
+    return f"{state} since {target['state_since']}{held}: {target['state_reason']}"
+
+
 def _state_class(cell: Any) -> str:
-    return "ok" if cell == "ok" else "bad"
+    if cell == "ok":
+        return "ok"
+    return "warn" if str(cell).startswith("degraded") else "bad"
 
 
 def _numeric(cell: Any) -> bool:

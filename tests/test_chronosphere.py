@@ -250,7 +250,7 @@ async def test_refused_token_holds_the_change_marks_the_target_failing_without_l
         await post_export(relay, [config_change("secret_gate")])
         await poll_until(lambda: relay.targets["chrono"].health.failing)
         ready, detail = relay.readiness()
-        assert not ready and detail["targets"]["chrono"]["failing"]
+        assert ready and detail["targets"]["chrono"]["failing"]
         assert "HTTP 401" in detail["targets"]["chrono"]["reason"]
         await settled(relay, 1)  # the token works again (the script ran out): delivered
         assert await relay.spool.dead_rows("chrono") == []

@@ -295,7 +295,9 @@ async def test_dead_letters_count_the_attempt_that_killed_them(
     relay_factory: RelayFactory, fake_targets: FakeTargetFactory, tmp_path: Path
 ) -> None:
     fake = await fake_targets(default=500)
-    bad = await fake_targets(default=400)
+    bad = await fake_targets(
+        default=lambda request: 400 if "u1" in [e["timeUUID"] for e in request.events()] else 200
+    )
     relay = await relay_factory(f"""
 sources: {{hook: {{type: statsig_webhook}}}}
 targets:
@@ -304,7 +306,13 @@ targets:
   strict: {{type: webhook, url: "{bad.url}/in", linger: 0s}}
 routes: [{{name: a, from: hook, to: flaky}}, {{name: b, from: hook, to: strict}}]
 """)
-    await post_export(relay, [{"eventName": "e", "timeUUID": "u1", "timestamp": T0, "user": {}}])
+    await post_export(
+        relay,
+        [
+            {"eventName": "e", "timeUUID": "u0", "timestamp": T0, "user": {}},
+            {"eventName": "e", "timeUUID": "u1", "timestamp": T0, "user": {}},
+        ],
+    )
 
     async def both_dead() -> bool:
         return len(await relay.spool.dead_rows()) == 2
@@ -312,7 +320,8 @@ routes: [{{name: a, from: hook, to: flaky}}, {{name: b, from: hook, to: strict}}
     await poll_until(both_dead)
     attempts = {r.target: r.attempts for r in await relay.spool.dead_rows()}
     assert attempts == {"flaky": 2, "strict": 1}
-    assert len(fake.requests) == 2 and len(bad.requests) == 1
+    assert len(fake.requests) == 2
+    assert [r.status for r in bad.requests] == [400, 200, 400]  # bisected to u1
 
 
 async def test_event_selection_splits_rows_the_same_on_every_backend(

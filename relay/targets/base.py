@@ -1,9 +1,27 @@
 """What every target shares: its config, the batch it sends, and how answers are read.
 
-A target knows only its wire format: ``send(batch) -> Outcome``. Retrying, splitting and
-dead-lettering are the deliverer's job (relay/deliver.py), driven by the :class:`Outcome`.
+A target knows only its wire format: ``send(batch) -> Outcome``. Retrying, splitting, holding
+and dead-lettering are the deliverer's job (relay/deliver.py), driven by the :class:`Outcome`.
 Transport errors and HTTP answers are translated to an Outcome in one place,
-:func:`classify_response` / :meth:`Target.post`.
+:func:`classify_response` / :meth:`Target.post`, after the user's own ``delivered_on``,
+``retry_on`` and ``fail_on`` status lists.
+
+The contract, for every target including ones added later:
+
+* ``send`` answers for the whole batch (one :class:`Verdict`) or, when the service says which
+  events failed, for each event: ``Verdict.PARTIAL`` with ``Outcome.events`` mapping an event's
+  index in the batch to its own outcome (``REJECT`` with the service's reason, or ``RETRY``),
+  and ``others_delivered`` saying whether the events not named were taken (Mixpanel's strict
+  import: never resend them) or refused because of the named ones (Amplitude's 400: resend
+  them now).
+* A batch-level ``REJECT`` from a target that cannot tell which events are bad is bisected by the
+  deliverer, within a bounded number of requests; if nothing is delivered before that bound the
+  target, not the events, is the problem and it is marked failing (relay/health.py).
+* ``UNAUTHORIZED`` (401/403) and ``FATAL`` (not the service's API) mark the target failing: its
+  events are held in the spool and probed with backoff, never dead-lettered before ``max_age``.
+* ``send`` never raises for a transport or HTTP failure. An exception means the events could not
+  be encoded: permanent for the events that cause it, isolated and dead-lettered with reason
+  ``encode_error``, so a target needs no guard of its own.
 """
 
 from __future__ import annotations
@@ -13,16 +31,17 @@ import json
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import aiohttp
 import msgspec
 import orjson
 
 from ..events import Event
+from ..health import TargetHealth
 from ..raw import lenient_loads
 from ..schema import ByteSize, Duration
 
@@ -49,6 +68,11 @@ class TargetConfig:
     retry_max: Duration = Duration(600.0)  # spool backoff cap
     max_attempts: int = 30  # then dead-letter
     max_age: Duration = Duration(7 * 86400.0)  # then dead-letter
+    failing_after: Duration = Duration(30.0)  # transient failures this long: target failing
+    # HTTP statuses that override the built-in reading of an answer (relay/targets/base.py):
+    delivered_on: list[int] = field(default_factory=list)  # e.g. 409: "already have it"
+    retry_on: list[int] = field(default_factory=list)  # transient: retry with backoff
+    fail_on: list[int] = field(default_factory=list)  # permanent for the events sent
 
     def __post_init__(self) -> None:
         from ..schema import ConfigError
@@ -58,10 +82,21 @@ class TargetConfig:
                 raise ConfigError(name, "must be at least 1")
         if self.retries_in_process < 1:
             raise ConfigError("retries_in_process", "must be at least 1")
+        if self.failing_after <= 0:
+            raise ConfigError("failing_after", "must be more than 0s")
+        seen: dict[int, str] = {}
+        for name in ("delivered_on", "retry_on", "fail_on"):
+            for status in getattr(self, name):
+                if not 100 <= status <= 599:
+                    raise ConfigError(name, f"{status} is not an HTTP status (100-599)")
+                if status in seen:
+                    raise ConfigError(name, f"{status} is also in {seen[status]}")
+                seen[status] = name
 
 
 class Verdict(Enum):
     OK = "ok"
+    PARTIAL = "partial"  # the target answered per event: see Outcome.events
     RETRY = "retry"  # transient: try the same batch again later
     REJECT = "reject"  # permanent for (some of) these events: isolate them, dead-letter those
     TOO_LARGE = "too_large"  # split and resend; a single event this large is dead
@@ -71,14 +106,32 @@ class Verdict(Enum):
 
 @dataclass(slots=True, frozen=True)
 class Outcome:
+    """A target's answer to ``send(batch)``: for the batch, or per event (``PARTIAL``)."""
+
     verdict: Verdict
     reason: str = ""
     retry_after: float | None = None  # seconds, from Retry-After
     status: int | None = None
+    # PARTIAL only: index in the batch -> that event's outcome (REJECT or RETRY); the events not
+    # named were delivered (others_delivered) or must be sent again now, without them.
+    events: Mapping[int, Outcome] | None = None
+    others_delivered: bool = True
 
     @property
     def ok(self) -> bool:
         return self.verdict is Verdict.OK
+
+    @classmethod
+    def per_event(
+        cls,
+        events: Mapping[int, Outcome],
+        *,
+        others_delivered: bool,
+        reason: str = "",
+        status: int | None = None,
+    ) -> Outcome:
+        """The answer of a service that names the events it did not take."""
+        return cls(Verdict.PARTIAL, reason, None, status, dict(events), others_delivered)
 
 
 DELIVERED = Outcome(Verdict.OK)
@@ -100,6 +153,20 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+def override_status(
+    config: TargetConfig, status: int, headers: Mapping[str, str], body: str
+) -> Outcome | None:
+    """The user's reading of a status (``delivered_on``, ``retry_on``, ``fail_on``), if any."""
+    if status in config.delivered_on:
+        return DELIVERED
+    reason = f"HTTP {status}" + (f": {body[:200]}" if body else "")
+    if status in config.retry_on:
+        return Outcome(Verdict.RETRY, reason, parse_retry_after(headers.get("Retry-After")), status)
+    if status in config.fail_on:
+        return Outcome(Verdict.REJECT, reason, status=status)
+    return None
+
+
 def classify_response(status: int, headers: Mapping[str, str], body: str = "") -> Outcome:
     """The one rule from an HTTP answer to a delivery verdict.
 
@@ -119,15 +186,21 @@ def classify_response(status: int, headers: Mapping[str, str], body: str = "") -
     return Outcome(Verdict.REJECT, reason, status=status)
 
 
+class UnreadableEvent(ValueError):
+    """A stored event the relay cannot read back (a number no parser here holds, say)."""
+
+
 class Batch:
     """Events for one request, kept as the spool's JSON arrays until someone needs dicts.
 
     A target that forwards events unchanged sends :meth:`json_array` or :meth:`json_lines`,
     spliced from the stored bytes without parsing; one that re-encodes calls :meth:`events`
-    (parsed once, cached).
+    (parsed once, cached). Splitting (:meth:`chunks`, :meth:`halves`, :meth:`subset`) cuts the
+    stored arrays between events without parsing them, so an event that cannot be read never
+    travels with events that can.
     """
 
-    __slots__ = ("_bodies", "_counts", "_events", "count")
+    __slots__ = ("_bodies", "_counts", "_events", "_items", "count")
 
     def __init__(
         self,
@@ -138,6 +211,7 @@ class Batch:
     ):
         self._bodies = list(bodies)
         self._events = events
+        self._items: list[bytes] | None = None
         self.count = count
         # Events per body, when known: lets chunks() split between bodies without parsing.
         self._counts = list(counts) if counts is not None else None
@@ -146,6 +220,13 @@ class Batch:
     def of_events(cls, events: list[Event]) -> Batch:
         return cls((), len(events), events)
 
+    @classmethod
+    def of_items(cls, items: Sequence[bytes]) -> Batch:
+        """A batch of stored events, each one event's JSON."""
+        batch = cls([b"[" + b",".join(items) + b"]"], len(items), counts=[len(items)])
+        batch._items = list(items)
+        return batch
+
     def events(self) -> list[Event]:
         if self._events is None:
             events: list[Event] = []
@@ -153,13 +234,27 @@ class Batch:
                 try:
                     events.extend(orjson.loads(body))
                 except orjson.JSONDecodeError:
-                    events.extend(lenient_loads(body))
+                    events.extend(_read_leniently(body))
             self._events = events
         return self._events
 
     def json_array(self) -> bytes:
         if self._events is not None:
             return orjson.dumps(self._events)
+        return self._spliced()
+
+    def stored_json(self) -> bytes:
+        """The events as a JSON array to put back in the spool: the stored bytes as they are
+        (never what a target made of them), and an in-memory event nested past orjson's 254
+        levels written by the stdlib."""
+        if self._bodies:
+            return self._spliced()
+        try:
+            return orjson.dumps(self._events)
+        except orjson.JSONEncodeError:
+            return json.dumps(self._events, separators=(",", ":"), ensure_ascii=False).encode()
+
+    def _spliced(self) -> bytes:
         bodies = [body for body in self._bodies if len(body) > 2]  # skip empty arrays
         if len(bodies) <= 1:
             return bodies[0] if bodies else b"[]"
@@ -168,14 +263,6 @@ class Batch:
         views[0] = memoryview(bodies[0])[:-1]
         views[-1] = memoryview(bodies[-1])[1:]
         return b",".join(views)
-
-    def stored_json(self) -> bytes:
-        """The events as a JSON array to put back in the spool: never fails for an event
-        read from it (nesting past orjson's 254 levels is written by the stdlib instead)."""
-        try:
-            return self.json_array()
-        except orjson.JSONEncodeError:
-            return json.dumps(self._events, separators=(",", ":"), ensure_ascii=False).encode()
 
     def json_lines(self) -> bytes:
         """The events one per line (no trailing newline), spliced from the stored arrays:
@@ -192,10 +279,53 @@ class Batch:
             return sum(len(b) for b in self._bodies)
         return len(orjson.dumps(self._events))
 
+    # -- splitting -------------------------------------------------------------------------
+    def items(self) -> list[bytes]:
+        """Each stored event's JSON, cut from the arrays without parsing (cached)."""
+        if self._items is None:
+            if self._bodies:
+                self._items = [
+                    bytes(item) for body in self._bodies for item in _ROW_ITEMS.decode(body)
+                ]
+            else:
+                self._items = [_dumps_event(event) for event in self.events()]
+        return self._items
+
+    def subset(self, indexes: Iterable[int]) -> Batch:
+        """The events at ``indexes`` (in batch order), as a batch of their own."""
+        wanted = sorted(set(indexes))
+        if not self._bodies and self._events is not None:
+            return Batch.of_events([self._events[i] for i in wanted])
+        items = self.items()
+        return Batch.of_items([items[i] for i in wanted])
+
     def halves(self) -> tuple[Batch, Batch]:
-        events = self.events()
-        middle = len(events) // 2
-        return Batch.of_events(events[:middle]), Batch.of_events(events[middle:])
+        middle = self.count // 2
+        return self.subset(range(middle)), self.subset(range(middle, self.count))
+
+    def singles(self) -> list[Batch]:
+        return [self.subset((i,)) for i in range(self.count)]
+
+    def readable(self) -> tuple[Batch, list[tuple[Batch, str]]]:
+        """The events that can be read, and each one that cannot with why: a row that cannot be
+        read as a whole is read event by event."""
+        if not self._bodies:
+            return self, []
+        good: list[bytes] = []
+        bad: list[tuple[Batch, str]] = []
+        for item in self.items():
+            try:
+                orjson.loads(item)
+            except orjson.JSONDecodeError:
+                try:
+                    _read_leniently(item)
+                except UnreadableEvent as exc:
+                    bad.append((Batch.of_items([item]), str(exc)))
+                    continue
+            good.append(item)
+        if not bad:
+            return self, []
+        return Batch.of_items(good), bad
 
     def chunks(self, max_events: int, max_bytes: int) -> list[Batch]:
         """Split to respect a target's limits; no parsing when already within them."""
@@ -205,23 +335,18 @@ class Batch:
             whole = self._split_between_bodies(max_events, max_bytes)
             if whole is not None:
                 return whole
-        events = self.events()
         out: list[Batch] = []
-        current: list[Event] = []
+        current: list[bytes] = []
         size = 2
-        for event in events:
-            try:
-                event_size = len(orjson.dumps(event)) + 1
-            except orjson.JSONEncodeError:  # alone, so the target's encode error isolates it
-                out.append(Batch.of_events([event]))
-                continue
-            if current and (len(current) >= max_events or size + event_size > max_bytes):
-                out.append(Batch.of_events(current))
+        for item in self.items():
+            item_size = len(item) + 1
+            if current and (len(current) >= max_events or size + item_size > max_bytes):
+                out.append(Batch.of_items(current))
                 current, size = [], 2
-            current.append(event)
-            size += event_size
+            current.append(item)
+            size += item_size
         if current:
-            out.append(Batch.of_events(current))
+            out.append(Batch.of_items(current))
         return out
 
     def _split_between_bodies(self, max_events: int, max_bytes: int) -> list[Batch] | None:
@@ -249,13 +374,19 @@ class Batch:
         return out
 
 
-@dataclass
-class TargetHealth:
-    """What /readyz says about a target; set when the target refuses our credentials."""
+def _read_leniently(data: bytes) -> Any:
+    """What orjson refuses but Python's parser reads (relay/raw.py), or UnreadableEvent."""
+    try:
+        return lenient_loads(data)
+    except (ValueError, OverflowError, RecursionError) as exc:
+        raise UnreadableEvent(f"unreadable event: {exc}") from exc
 
-    failing: bool = False
-    reason: str = ""
-    since: float = field(default_factory=time.time)
+
+def _dumps_event(event: Event) -> bytes:
+    try:
+        return orjson.dumps(event)
+    except orjson.JSONEncodeError:  # nesting past orjson's 254 levels
+        return json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 class Target(ABC):
@@ -274,7 +405,12 @@ class Target(ABC):
     def __init__(self, name: str, config: TargetConfig) -> None:
         self.name = name
         self.config = config
-        self.health = TargetHealth()
+        self.health = TargetHealth(
+            name,
+            failing_after=config.failing_after,
+            retry_initial=config.retry_initial,
+            retry_max=config.retry_max,
+        )
         self._session: aiohttp.ClientSession | None = None
         # Set by the deliverer, so a target can count events it deliberately does not send.
         self.metrics: RelayMetrics | None = None
@@ -321,7 +457,8 @@ class Target(ABC):
                     text = (await response.text(errors="replace"))[:500]
                 else:
                     await response.read()
-                return self.classify(response.status, response.headers, text)
+                override = override_status(self.config, response.status, response.headers, text)
+                return override or self.classify(response.status, response.headers, text)
         except TimeoutError:
             return Outcome(Verdict.RETRY, f"timeout after {self.config.timeout:g}s")
         except aiohttp.ClientError as exc:
