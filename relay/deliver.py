@@ -540,7 +540,7 @@ class Deliverer:
             requeue.append(
                 self._requeued(template.route, part, first_received, attempts, at, outcome.reason)
             )
-        probe_ms = int(self.health.probe_at * 1000)
+        probe_ms = self._probe_ms()
         for part in result.held:
             requeue.append(
                 self._requeued(
@@ -560,7 +560,7 @@ class Deliverer:
 
     async def _hold(self, rows: list[SpoolRow], now: int) -> None:
         """Put rows back untouched (attempts not counted) until the next probe."""
-        next_attempt = int(self.health.probe_at * 1000)
+        next_attempt = self._probe_ms()
         requeue = [
             NewRow(
                 row.target,
@@ -575,6 +575,10 @@ class Deliverer:
             for row in rows
         ]
         await self.spool.settle(rows, requeue, ())
+
+    def _probe_ms(self) -> int:
+        """When held rows are due again: just before the probe, so the probe finds them."""
+        return int(self.health.probe_at * 1000) - 50
 
     def _held_too_long_reason(self) -> str:
         kind = self._hold_kind or REJECTING

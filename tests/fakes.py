@@ -149,6 +149,7 @@ class FakeTarget:
         default: AnswerLike = 200,
         check: Check | None = None,
         client_max_size: int = 64 * 1024 * 1024,
+        port: int = 0,
     ) -> None:
         self.requests: list[RecordedRequest] = []
         self.failures: list[str] = []
@@ -159,6 +160,7 @@ class FakeTarget:
         self._runner: web.AppRunner | None = None
         self._closing: asyncio.Event | None = None
         self._port: int | None = None
+        self._want_port = port  # 0: any free port
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -171,7 +173,7 @@ class FakeTarget:
         # auto_decompress=False: keep the bytes exactly as sent, so tests can check the gzip.
         runner = web.AppRunner(app, access_log=None, auto_decompress=False, shutdown_timeout=1.0)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        site = web.TCPSite(runner, "127.0.0.1", self._want_port)
         await site.start()
         self._runner = runner
         self._port = runner.addresses[0][1]

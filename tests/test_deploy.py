@@ -141,7 +141,10 @@ async def relay_and_prometheus(
 ) -> AsyncIterator[tuple[DaemonProcess, Prometheus, int]]:
     """A relay daemon (a file target that delivers, a webhook target that answers 400, a
     dedup route) and a Prometheus scraping its admin listener."""
-    refuses = await fake_targets(default=400)
+    # Takes events but refuses those marked bad: they are the events' fault, dead-lettered.
+    refuses = await fake_targets(
+        default=lambda request: 400 if "bad" in request.body.decode(errors="replace") else 200
+    )
     port, admin = free_port(), free_port()
     config = f"""
 server: {{listen: "127.0.0.1:{port}", admin_listen: "127.0.0.1:{admin}", shutdown_grace: 2s}}
@@ -190,6 +193,7 @@ async def test_a_real_prometheus_finds_every_metric_the_dashboard_and_alerts_nam
     # Traffic that makes every labelled series exist: delivered, filtered, dropped by dedup,
     # rejected, refused (max_events), dead-lettered; and a reload.
     assert await send(port, [event("page_view", "a1"), event("purchase", "p1")]) == 200
+    assert await send(port, [event("purchase", "bad1")]) == 200  # crm refuses it
     assert await send(port, [event("page_view", "a1")]) == 200  # dedup drops it
     assert await send(port, b"{not json") == 400
     assert await send(port, [event("page_view", f"x{i}") for i in range(6)]) == 413
@@ -225,7 +229,7 @@ async def test_a_real_prometheus_finds_every_metric_the_dashboard_and_alerts_nam
     await poll_until(rules_evaluated, timeout=15)
 
     # A new dead letter after Prometheus has seen the series fires RelayDeadLettersGrowing.
-    assert await send(port, [event("purchase", "p2")]) == 200
+    assert await send(port, [event("purchase", "bad2")]) == 200
 
     async def dlq_alert() -> bool:
         return any(

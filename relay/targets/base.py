@@ -51,6 +51,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _ROW_ITEMS = msgspec.json.Decoder(list[msgspec.Raw])  # a stored row's events, not parsed
+# An error answer is read up to this much for classify(): a service that lists the events it
+# refused (by index) may need more than a line; reasons quote only its start.
+ERROR_BODY_LIMIT = 256 * 1024
 
 
 @dataclass(kw_only=True)
@@ -454,7 +457,8 @@ class Target(ABC):
             async with self.session.post(url, data=body, headers=headers) as response:
                 text = ""
                 if not 200 <= response.status < 300:
-                    text = (await response.text(errors="replace"))[:500]
+                    raw = await response.content.read(ERROR_BODY_LIMIT)
+                    text = raw.decode(errors="replace")
                 else:
                     await response.read()
                 override = override_status(self.config, response.status, response.headers, text)
