@@ -8,7 +8,10 @@ carries one valid "canary" event with a unique name.
 
 Invariants: no answer is a 5xx (the tests never fill the spool); the relay stays up and logs no
 internal error; every canary of an accepted (2xx) request reaches both fake targets exactly
-once, and no canary of a refused request does.
+once, and no canary of a refused request does. Target ``a`` takes any body; target ``b`` is a
+strict receiver that answers 400 to a body its JSON parser refuses (a number beyond a double,
+as a 400-digit integer or ``1e400`` is), so the deliverer must isolate such an event without
+holding back or losing the canaries stored with it.
 
 CI runs ``DEFAULT_EXAMPLES`` per source, derandomized (the same bodies every run). Set
 ``RELAY_FUZZ_EXAMPLES=20000`` to run that many per source; ``-s`` shows the figures.
@@ -48,7 +51,7 @@ from relay.raw import lenient_loads
 from relay.sources.statsig_webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from tests.conftest import fixture_json, relay_yaml
 from tests.daemon import DaemonProcess, free_port
-from tests.fakes import FakeTarget, poll_until
+from tests.fakes import FakeTarget, RecordedRequest, poll_until
 
 DEFAULT_EXAMPLES = 250
 EXAMPLES = int(os.environ.get("RELAY_FUZZ_EXAMPLES") or DEFAULT_EXAMPLES)
@@ -125,8 +128,11 @@ EDGE_NUMBERS = [
     1717628400.5, 1717628400000000, 1717628400000000000,
 ]  # fmt: skip
 RAW_NUMBERS = [
-    "1e400", "-1e400", "123456789012345678901234567890", "-0", "1E-400", "0.0e0",
-    "18446744073709551616", '"\\ud800"', '"\\u0000"', '"nan"', '"Infinity"', '"-1e25"',
+    "1e400", "-1e400", "123456789012345678901234567890", "-0", "1E-400", "0.0e0", "-0.0",
+    "18446744073709551616", "-9223372036854775809", "9007199254740993", "1" + "0" * 400,
+    "-" + "9" * 400, "0." + "0" * 400 + "1", "1" + "0" * 308, "1.7976931348623157e308",
+    "1.7976931348623159e308", "4.9e-324", "2.4e-324",
+    '"\\ud800"', '"\\u0000"', '"nan"', '"Infinity"', '"-1e25"',
 ]  # fmt: skip
 EDGE_STRINGS = [
     "", " ", "2024-06-05T23:00:00Z", "2024-06-05T23:00:00+14:00", "9999-12-31T23:59:59Z",
@@ -433,16 +439,25 @@ class Tally:
             f"{self.tried} bodies, {fivexx} 5xx, statuses {dict(sorted(self.statuses.items()))}, "
             f"canaries acknowledged {len(self.acknowledged)}, delivered "
             f"{' / '.join(str(len(d)) for d in delivered)}, lost "
-            f"{' / '.join(str(len(self.acknowledged - d)) for d in delivered)}"
+            f"{' / '.join(str(len(self.acknowledged - d)) for d in delivered)}, bodies the "
+            f"strict receiver refused {sum(r.status == 400 for r in fakes[1].requests)}"
         )
 
 
+def strict_json(request: RecordedRequest) -> None:
+    """The strict receiver: a body orjson cannot read (a number beyond a double) is a 400."""
+    assert request.is_json, "body is not JSON this receiver can read"
+
+
 def received(fake: FakeTarget) -> list[Any]:
-    """Every event the fake got. A body orjson refuses is read with Python's parser: the raw
-    path forwards a number beyond a double (``1e400``) as sent (docs/performance.md), which is
-    valid JSON; a strict receiver would refuse that batch and the deliverer isolate the event."""
+    """Every event the fake took (answered 2xx). A body orjson refuses is read with Python's
+    parser: the raw path forwards a number beyond a double (``1e400``) as sent
+    (docs/performance.md), which is valid JSON; the strict receiver refuses such a batch and
+    the deliverer isolates the event."""
     events: list[Any] = []
     for request in fake.requests:
+        if request.status is None or not 200 <= request.status < 300:
+            continue
         if request.is_json:
             events.extend(request.events())
         else:
@@ -463,7 +478,7 @@ class LiveRelay:
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.fakes = [FakeTarget(), FakeTarget()]
+        self.fakes = [FakeTarget(), FakeTarget(check=strict_json)]
         self.relay: Relay | None = None
         self.port = 0
 
