@@ -290,6 +290,29 @@ routes:
     assert not relay.targets["out"].health.failing
 
 
+async def test_a_statsig_url_that_is_not_log_event_holds_the_events_until_it_is_fixed(
+    relay_factory: RelayFactory,
+) -> None:
+    async with FakeStatsig(KEY, 404, 404) as statsig:  # then 202: the proxy route is fixed
+        relay = await relay_factory(f"""
+sources:
+  statsig: {{type: statsig_webhook}}
+targets:
+  statsig: {{type: statsig, server_secret: "{KEY}", url: "{statsig.log_event_url}", {FAST}}}
+routes:
+  - {{name: s, from: statsig, to: statsig}}
+""")
+        assert await post_export(relay, events(4)) == 200
+        await poll_until(lambda: relay.targets["statsig"].health.failing)
+        reason = relay.targets["statsig"].health.reason
+        assert "is not a Statsig log_event endpoint" in reason and KEY not in reason
+        assert (await get(admin_url(relay, "/readyz")))[0] == 200
+        await poll_until(lambda: spool_empty(relay), timeout=15)
+        assert sorted(e["value"] for e in statsig.delivered()) == [f"e{i}" for i in range(4)]
+        assert await relay.spool.dead_rows("statsig") == []
+        assert not relay.targets["statsig"].health.failing
+
+
 # -- a target that cannot be reached -----------------------------------------------------------
 
 

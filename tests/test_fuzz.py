@@ -28,6 +28,7 @@ import base64
 import contextlib
 import copy
 import gzip
+import json
 import os
 import re
 import threading
@@ -47,7 +48,6 @@ from hypothesis import strategies as st
 
 from relay.app import Relay
 from relay.config import parse_config
-from relay.raw import lenient_loads
 from relay.sources.statsig_webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from tests.conftest import fixture_json, relay_yaml
 from tests.daemon import DaemonProcess, free_port
@@ -134,6 +134,8 @@ RAW_NUMBERS = [
     "1.7976931348623159e308", "4.9e-324", "2.4e-324",
     '"\\ud800"', '"\\u0000"', '"nan"', '"Infinity"', '"-1e25"',
 ]  # fmt: skip
+LIMIT_NUMBERS = ["1" + "0" * 400, "-" + "9" * 400, "1e400", "-1e400", "-0", "1e-400", "-0.0"]
+"""Numbers at and beyond what a double holds; one of them goes into about one event in four."""
 EDGE_STRINGS = [
     "", " ", "2024-06-05T23:00:00Z", "2024-06-05T23:00:00+14:00", "9999-12-31T23:59:59Z",
     "0001-01-01T00:00:00", "1717628400000", "1e25", "nan", "inf", "statsig::gate_exposure",
@@ -184,6 +186,12 @@ def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]
 _DELETE = object()
 
 
+def _get(value: Any, path: tuple[Any, ...]) -> Any:
+    for part in path:
+        value = value[part]
+    return value
+
+
 def _set(value: Any, path: tuple[Any, ...], new: Any) -> None:
     for part in path[:-1]:
         value = value[part]
@@ -210,6 +218,12 @@ def mutated(draw: st.DrawFn, templates: list[Any], field_names: list[str]) -> An
         # an earlier mutation may have changed the shape under this path
         with contextlib.suppress(KeyError, IndexError, TypeError):
             _set(event, path, new)
+    if isinstance(event, dict) and draw(st.integers(0, 3)) == 0:
+        # a number at or past a double's limits, otherwise a valid event: at a leaf or a new key
+        paths = [p for p in _paths(event) if not isinstance(_get(event, p), dict | list)]
+        path = draw(st.sampled_from(paths)) if paths and draw(st.booleans()) else ("n",)
+        with contextlib.suppress(KeyError, IndexError, TypeError):
+            _set(event, path, raw(draw(st.sampled_from(LIMIT_NUMBERS))))
     return event
 
 
@@ -451,9 +465,9 @@ def strict_json(request: RecordedRequest) -> None:
 
 def received(fake: FakeTarget) -> list[Any]:
     """Every event the fake took (answered 2xx). A body orjson refuses is read with Python's
-    parser: the raw path forwards a number beyond a double (``1e400``) as sent
-    (docs/performance.md), which is valid JSON; the strict receiver refuses such a batch and
-    the deliverer isolates the event."""
+    parser: the relay forwards a number beyond a double (``1e400``, 400 digits) as stored,
+    which is valid JSON; the strict receiver refuses such a batch and the deliverer isolates
+    the event."""
     events: list[Any] = []
     for request in fake.requests:
         if request.status is None or not 200 <= request.status < 300:
@@ -461,8 +475,8 @@ def received(fake: FakeTarget) -> list[Any]:
         if request.is_json:
             events.extend(request.events())
         else:
-            with contextlib.suppress(ValueError):
-                document = lenient_loads(request.body)
+            with contextlib.suppress(ValueError):  # Python's parser holds any integer, 1e400
+                document = json.loads(request.body)
                 events.extend(document if isinstance(document, list) else [document])
     return [e for e in events if isinstance(e, dict)]
 

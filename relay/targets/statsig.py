@@ -16,10 +16,10 @@ less than Statsig's character count.
 
 Answers: any 2xx delivered; 401/403 (a client or console key instead of a server secret) are
 "unauthorized", as for every target: the deliverer holds the events in the spool and marks the
-target failing until the key works; 404/405 (not a log_event URL) are fatal: dead-lettered
-without bisecting, target marked failing; 400 rejects (bisected to the bad events); 413
-splits; 408, 429 and 5xx but 501 retry. The key never appears in a log line, an outcome
-reason or ``describe()``.
+target failing until the key works; 404/405 (not a log_event URL) are fatal: the target is
+failing (misconfigured) and its events held the same way until the URL is fixed; 400 rejects
+(bisected to the bad events); 413 splits; 408, 429 and 5xx but 501 retry. The key never appears
+in a log line, an outcome reason or ``describe()``.
 """
 
 from __future__ import annotations
