@@ -11,8 +11,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
+import subprocess
+import sys
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -340,6 +343,19 @@ routes:
     assert metric(relay, "relay_target_failing", target="out") == 1
     assert (await get(admin_url(relay, "/readyz")))[0] == 200
     assert await relay.spool.dead_rows("out") == []
+    # The people's views: the status page and `statsig-relay status` say it, with what is held.
+    _, page = await get(admin_url(relay, "/status"))
+    assert "failing since" in page and "(5 held)" in page and "network error" in page
+    cli = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "relay", "status", "--url", admin_url(relay, "")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert cli.returncode == 0, cli.stderr
+    line = next(x for x in cli.stdout.splitlines() if x.lstrip().startswith("out"))
+    assert "failing since" in line and "(5 held)" in line, cli.stdout
 
     async with FakeTarget(port=port) as fake:
         await poll_until(lambda: spool_empty(relay), timeout=15)
