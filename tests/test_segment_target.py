@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import base64
 import logging
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -38,7 +40,7 @@ from tests.conftest import (
     spool_empty,
     wait_delivered,
 )
-from tests.daemon import DaemonProcess, free_port
+from tests.daemon import REPO_ROOT, DaemonProcess, free_port
 from tests.fake_segment import FakeSegment
 from tests.fakes import Answer, RecordedRequest, poll_until
 
@@ -484,3 +486,23 @@ routes:
         "my_custom_event",
     ]
     assert KEY not in log and secret not in log
+
+
+def test_check_accepts_the_example_and_never_prints_the_write_key() -> None:
+    example = REPO_ROOT / "examples" / "statsig-to-segment.yaml"
+    result = subprocess.run(
+        [sys.executable, "-m", "relay", "check", "-c", str(example)],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "PYTHONPATH": str(REPO_ROOT),
+            "SEGMENT_WRITE_KEY": KEY,
+            "STATSIG_WEBHOOK_SECRET": "hook-s3cret",
+        },
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "segment track calls to https://api.segment.io/v1/batch" in result.stdout
+    assert KEY not in result.stdout + result.stderr
