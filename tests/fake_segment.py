@@ -12,6 +12,11 @@ It enforces what Segment documents for ``POST /v1/batch`` (see relay/targets/seg
   2500 in one batch): the fake keeps those in ``dropped``. RudderStack answers 400 "Request
   neither has anonymousId nor userId".
 
+Segment documents the statuses and the "Exceed payload limit" message, not the body's form
+nor its answer to a wrong key: the fake answers JSON ``{"success": false, "message": …}``, and
+the relay reads statuses and phrases only. RudderStack's answers are its plain-text messages
+(rudder-server ``gateway/response/response.go``).
+
 Anything the relay should never send (a message over the limits, a missing field, a batch over
 2500 messages, bad JSON) is also noted in ``failures``, so tests assert ``failures == []``.
 Messages of requests answered 2xx are in ``accepted``. Scripted answers (``script()``) are

@@ -273,7 +273,10 @@ async def test_an_event_over_32_kb_is_dead_lettered_alone_and_the_rest_sent(
         await post_export(relay, events)
         await settled(relay)
         dead = await relay.spool.dead_rows("seg")
-    assert segment.failures == []
+        counted = metric(
+            relay, "relay_events_dead_lettered_total", target="seg", reason="message_too_large"
+        )
+    assert segment.failures == [] and counted == 1
     (request,) = segment.requests  # no bisection: one request with the other four
     assert [m["messageId"] for m in request.json["batch"]] == [
         "uuid-0",
@@ -442,6 +445,9 @@ async def test_a_later_request_failing_resends_only_what_it_carried(
         await post_export(relay, events)
         await settled(relay)
     assert segment.failures == []
+    first, refused, again = segment.requests
+    assert (first.status, refused.status, again.status) == (200, 503, 200)
+    assert again.json == refused.json  # just what the refused request carried
     ids = segment.message_ids()
     assert sorted(ids) == sorted(f"uuid-{i}" for i in range(40)) and len(ids) == 40
 
