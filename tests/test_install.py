@@ -48,6 +48,7 @@ def test_there_is_one_example_per_use_case() -> None:
         "segment-to-statsig.yaml",
         "statsig-sdk-proxy.yaml",
         "statsig-to-fivetran-and-heap.yaml",
+        "statsig-to-segment.yaml",
         "two-replicas-redis.yaml",
     ]
     readme = (REPO_ROOT / "README.md").read_text()

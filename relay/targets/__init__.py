@@ -7,6 +7,7 @@ from .chronosphere import ChronosphereTarget
 from .file import FileTarget
 from .fivetran import FivetranTarget
 from .heap import HeapTarget
+from .segment import SegmentTarget
 from .statsig import StatsigTarget
 from .webhook import WebhookTarget
 
@@ -17,6 +18,7 @@ TARGETS: dict[str, type[Target]] = {
     "heap": HeapTarget,
     "chronosphere": ChronosphereTarget,
     "statsig": StatsigTarget,
+    "segment": SegmentTarget,
 }
 
 __all__ = ["TARGETS", "Batch", "Outcome", "Target", "TargetConfig", "Verdict"]
