@@ -59,6 +59,7 @@ UNAUTHORIZED = "unauthorized"  # 401/403: our credential is refused
 MISCONFIGURED = "misconfigured"  # the target says it is not the service's API
 REJECTING = "rejecting"  # the target rejects every event it is sent
 UNREACHABLE = "unreachable"  # transient failures for longer than failing_after
+_TARGET_FAILURES = (Verdict.UNAUTHORIZED, Verdict.FATAL)  # the target's fault, not the events'
 
 
 def rejection_budget(events: int) -> int:
@@ -368,7 +369,7 @@ class Deliverer:
                 result.held.append(batch)
             else:
                 result.retry.append((batch, outcome))
-        elif verdict in (Verdict.UNAUTHORIZED, Verdict.FATAL):
+        elif verdict in _TARGET_FAILURES:
             result.hold = True
             result.held.append(batch)
         elif batch.count == 1:
@@ -408,9 +409,16 @@ class Deliverer:
             result.retry.append((batch, replace(outcome, verdict=Verdict.RETRY, events=None)))
             return
         retry = [i for i, o in named.items() if o.verdict is Verdict.RETRY]
-        dead = [i for i in named if i not in retry]
+        held = [i for i, o in named.items() if o.verdict in _TARGET_FAILURES]
+        dead = [i for i in named if i not in retry and i not in held]
         for i in dead:
             result.dead.append((batch.subset((i,)), named[i].reason or outcome.reason))
+        if held:  # a later request of the batch found the target failing: keep those events
+            first = named[held[0]]
+            kind = UNAUTHORIZED if first.verdict is Verdict.UNAUTHORIZED else MISCONFIGURED
+            self._fail(kind, first.reason or outcome.reason)
+            result.hold = True
+            result.held.append(batch.subset(held))
         if retry:
             wait = max((named[i].retry_after or 0.0 for i in retry), default=0.0)
             first = named[retry[0]]

@@ -452,6 +452,32 @@ async def test_a_later_request_failing_resends_only_what_it_carried(
     assert sorted(ids) == sorted(f"uuid-{i}" for i in range(40)) and len(ids) == 40
 
 
+async def test_a_later_request_refusing_the_key_holds_its_events_and_fails_the_target(
+    relay_factory: RelayFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first request taken, the second answered 401: the target fails at once and the
+    second request's events are held (not retried as if transient), then delivered once."""
+    events = [event(i, metadata={"blob": "b" * 20_000}) for i in range(40)]  # ~800 KB
+    async with FakeSegment(KEY) as segment:
+        segment.script(segment.default, Answer(401, json={"message": "Invalid Write Key"}))
+        relay = await relay_factory(
+            config(segment.url, target=", batch_max_bytes: 8MiB, retry_initial: 200ms"),
+            shutdown_grace="2s",
+        )
+        caplog.set_level(logging.INFO)
+        await post_export(relay, events)
+        await settled(relay)
+        assert await relay.spool.dead_rows("seg") == []
+    messages = [r.getMessage() for r in caplog.records if r.name == "relay.health"]
+    assert [m for m in messages if "failing, holding" in m and "HTTP 401" in m], messages
+    assert [m for m in messages if "recovered" in m], messages
+    first, refused, again = segment.requests
+    assert (first.status, refused.status, again.status) == (200, 401, 200)
+    assert again.json == refused.json
+    ids = segment.message_ids()
+    assert sorted(ids) == sorted(f"uuid-{i}" for i in range(40)) and len(ids) == 40
+
+
 # -- the daemon, end to end ------------------------------------------------------------------
 
 

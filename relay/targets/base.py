@@ -13,7 +13,9 @@ The contract, for every target including ones added later:
   index in the batch to its own outcome (``REJECT`` with the service's reason, or ``RETRY``),
   and ``others_delivered`` saying whether the events not named were taken (Mixpanel's strict
   import: never resend them) or refused because of the named ones (Amplitude's 400: resend
-  them now).
+  them now). A target that sends one batch in several requests names the events of the
+  requests not taken: ``RETRY`` to resend them later, ``UNAUTHORIZED``/``FATAL`` to hold them
+  (the target turns failing).
 * A batch-level ``REJECT`` from a target that cannot tell which events are bad is bisected by the
   deliverer, within a bounded number of requests; if nothing is delivered before that bound the
   target, not the events, is the problem and it is marked failing (relay/health.py).

@@ -295,11 +295,14 @@ class SegmentTarget(Target):
             if not delivered:
                 return outcome  # nothing taken: the answer holds for the whole batch
             # Some requests were taken: only what was not sent yet goes back, as a batch of its
-            # own, where the answer again holds for all of it.
+            # own, where the answer again holds for all of it; a refused key holds it at once.
             rest = [index for later in requests[number:] for index, _ in later]
-            retry = Outcome(Verdict.RETRY, outcome.reason, outcome.retry_after, outcome.status)
+            if outcome.verdict in (Verdict.UNAUTHORIZED, Verdict.FATAL):
+                again = outcome
+            else:
+                again = Outcome(Verdict.RETRY, outcome.reason, outcome.retry_after, outcome.status)
             return Outcome.per_event(
-                {**too_large, **dict.fromkeys(rest, retry)},
+                {**too_large, **dict.fromkeys(rest, again)},
                 others_delivered=True,
                 reason=outcome.reason,
                 status=outcome.status,
