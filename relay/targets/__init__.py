@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from .base import Batch, Outcome, Target, TargetConfig, Verdict
 from .chronosphere import ChronosphereTarget
+from .datadog import DatadogTarget
 from .file import FileTarget
 from .fivetran import FivetranTarget
+from .grafana import GrafanaTarget
 from .heap import HeapTarget
+from .slack import SlackTarget
 from .statsig import StatsigTarget
 from .webhook import WebhookTarget
 
@@ -17,6 +20,9 @@ TARGETS: dict[str, type[Target]] = {
     "heap": HeapTarget,
     "chronosphere": ChronosphereTarget,
     "statsig": StatsigTarget,
+    "datadog": DatadogTarget,
+    "slack": SlackTarget,
+    "grafana": GrafanaTarget,
 }
 
 __all__ = ["TARGETS", "Batch", "Outcome", "Target", "TargetConfig", "Verdict"]
