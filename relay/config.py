@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from .events import CONFIG_CHANGE
 from .guard import check_source, parse_networks
 from .router import RouteConfig
 from .schema import ByteSize, ConfigError, Duration, build
@@ -287,6 +288,13 @@ def _check_routes(
         if route.to not in targets:
             known = ", ".join(targets) or "none"
             raise ConfigError(f"{where}.to", f"no target named {route.to!r}; targets: {known}")
+        kind = targets[route.to].type
+        if TARGETS[kind].only_config_changes and not route.filter.selects_only(CONFIG_CHANGE):
+            raise ConfigError(
+                f"{where}.filter",
+                f"route {route.name!r} to target {route.to!r}: a {kind} target carries config"
+                " changes only; add filter: {categories: [config_change]}",
+            )
         try:
             route.rename_config()
         except ConfigError as exc:

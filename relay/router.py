@@ -21,6 +21,7 @@ from .rename import RenameConfig, RenameSetting, compile_renamer, rename_config
 from .schema import ConfigError, Duration
 
 _CATEGORY_CACHE_LIMIT = 10_000
+_GLOB_CHARS = frozenset("*?[")
 
 
 @dataclass(kw_only=True)
@@ -42,6 +43,16 @@ class FilterConfig:
         for path, value in self.where.items():
             if isinstance(value, dict):
                 raise ConfigError(f"where.{path}", "expected a value or a list of values")
+
+    def selects_only(self, category: str) -> bool:
+        """Whether this filter lets through events of ``category`` and no other: by
+        ``categories`` naming only it, or by ``events`` naming only events of it (no globs)."""
+        if self.categories and set(self.categories) == {category}:
+            return category not in self.exclude_categories
+        return bool(self.events) and all(
+            not _GLOB_CHARS.intersection(name) and category_of(name) == category
+            for name in self.events
+        )
 
 
 @dataclass(kw_only=True)

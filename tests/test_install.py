@@ -45,6 +45,7 @@ def test_there_is_one_example_per_use_case() -> None:
     assert [p.name for p in EXAMPLES] == [
         "browser-first-party.yaml",
         "config-changes-to-chronosphere.yaml",
+        "config-changes-to-datadog-slack-grafana.yaml",
         "segment-to-statsig.yaml",
         "statsig-sdk-proxy.yaml",
         "statsig-to-fivetran-and-heap.yaml",
@@ -63,6 +64,8 @@ def test_each_example_passes_check_with_the_variables_it_lists(example: Path) ->
     values["REDIS_URL"] = "redis://:pw@127.0.0.1:6379/0"
     values["WEBHOOK_URL"] = "https://example.com/hook"
     values["CHRONOSPHERE_TENANT"] = "acme"
+    values["SLACK_WEBHOOK_URL"] = "https://hooks.slack.com/services/T0/B0/x"
+    values["GRAFANA_URL"] = "https://grafana.example.com"
     result = relay_cli("check", "-c", str(example), env=values)
     assert result.returncode == 0, result.stderr
     assert "warning" not in result.stdout  # no unsigned source, no unfed target

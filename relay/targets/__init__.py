@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from .base import Batch, Outcome, Target, TargetConfig, Verdict
 from .chronosphere import ChronosphereTarget
+from .datadog import DatadogTarget
 from .file import FileTarget
 from .fivetran import FivetranTarget
+from .grafana import GrafanaTarget
 from .heap import HeapTarget
 from .segment import SegmentTarget
+from .slack import SlackTarget
 from .statsig import StatsigTarget
 from .webhook import WebhookTarget
 
@@ -19,6 +22,9 @@ TARGETS: dict[str, type[Target]] = {
     "chronosphere": ChronosphereTarget,
     "statsig": StatsigTarget,
     "segment": SegmentTarget,
+    "datadog": DatadogTarget,
+    "slack": SlackTarget,
+    "grafana": GrafanaTarget,
 }
 
 __all__ = ["TARGETS", "Batch", "Outcome", "Target", "TargetConfig", "Verdict"]

@@ -406,6 +406,9 @@ class Target(ABC):
 
     kind: ClassVar[str]
     config_class: ClassVar[type[TargetConfig]]
+    # A target that carries config changes only (a change feed: Datadog, Slack, Grafana):
+    # a route to it must filter to them, checked when the config is loaded.
+    only_config_changes: ClassVar[bool] = False
 
     def __init__(self, name: str, config: TargetConfig) -> None:
         self.name = name

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
 
-from ..events import CONFIG_CHANGE, Event, category_of, now_ms, to_epoch_ms
+from ..events import CONFIG_CHANGE, Event, category_of, now_ms
 from ..schema import ConfigError, secret
 from .base import (
     DELIVERED,
@@ -31,9 +30,11 @@ from .base import (
     Verdict,
     json_headers,
 )
+from .changes import clamp_ms, event_time_ms, read_change, rfc3339, shorten
 from .ratelimit import TokenBucket
 
-MARK = "…"
+__all__ = ["ChronosphereConfig", "ChronosphereTarget", "change_event", "event_time_ms", "rfc3339"]
+
 TITLE_MAX, SOURCE_MAX, TYPE_MAX = 100, 50, 50
 LABEL_KEY_MAX, LABEL_VALUE_MAX, LABELS_MAX = 500, 5000, 200
 WINDOW_MS = 24 * 3600 * 1000
@@ -78,47 +79,20 @@ class ChronosphereConfig(TargetConfig):
         return f"{base}/api/v1/data/events"
 
 
-def shorten(text: str, limit: int) -> str:
-    """``text`` within ``limit`` characters; a cut one ends in "…" so readers see it was cut."""
-    return text if len(text) <= limit else text[: limit - len(MARK)] + MARK
-
-
-def rfc3339(ms: int) -> str:
-    """UTC RFC 3339, with milliseconds only when there are any (as Statsig's examples)."""
-    seconds, millis = divmod(ms, 1000)
-    text = datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{text}.{millis:03d}Z" if millis else f"{text}Z"
-
-
-def event_time_ms(event: Event) -> int:
-    value = event.get("timestamp")
-    if type(value) is int:
-        return value
-    try:
-        return to_epoch_ms(value)
-    except ValueError:
-        return now_ms()
-
-
 def change_event(
     event: Event, source: str = "statsig", category: str = "feature_flags"
 ) -> dict[str, Any]:
     """The change event for one Statsig config change (the mapping in API-FACTS.md)."""
-    metadata = event.get("metadata")
-    metadata = metadata if isinstance(metadata, dict) else {}
-    kind = str(metadata.get("type") or "config")
-    name = str(metadata.get("name") or "(unnamed)")
-    action = str(metadata.get("action") or "changed")
-    labels: dict[str, str] = {"type": kind, "name": name, "action": action}
-    description = metadata.get("description")
-    if description not in (None, ""):
-        labels["description"] = str(description)
+    change = read_change(event)
+    labels: dict[str, str] = {"type": change.kind, "name": change.name, "action": change.action}
+    if change.description is not None:
+        labels["description"] = change.description
     return {
         "category": category,
-        "type": shorten(f"{kind.lower()}_{action}", TYPE_MAX),
+        "type": shorten(f"{change.kind.lower()}_{change.action}", TYPE_MAX),
         "source": shorten(source, SOURCE_MAX),
-        "happened_at": rfc3339(event_time_ms(event)),
-        "title": shorten(f"{name} {action}", TITLE_MAX),
+        "happened_at": rfc3339(change.time_ms),
+        "title": shorten(f"{change.name} {change.action}", TITLE_MAX),
         "labels": limit_labels(labels),
     }
 
@@ -134,11 +108,10 @@ def limit_labels(labels: dict[str, str]) -> dict[str, str]:
 
 def clamp_to_window(change: dict[str, Any], happened_ms: int, now: int) -> None:
     """Keep ``happened_at`` inside the API's ±24 h window; the real time goes to a label."""
-    earliest = now - WINDOW_MS + CLAMP_MARGIN_MS
-    latest = now + WINDOW_MS - CLAMP_MARGIN_MS
-    if earliest <= happened_ms <= latest:
+    clamped = clamp_ms(happened_ms, now, WINDOW_MS, CLAMP_MARGIN_MS)
+    if clamped == happened_ms:
         return
-    change["happened_at"] = rfc3339(min(max(happened_ms, earliest), latest))
+    change["happened_at"] = rfc3339(clamped)
     labels = change["labels"]
     if len(labels) >= LABELS_MAX:
         labels.pop(next(reversed(labels)))
