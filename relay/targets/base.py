@@ -172,6 +172,15 @@ def override_status(
     return None
 
 
+def for_the_rest(outcome: Outcome) -> Outcome:
+    """What a batch sent in several requests answers for the events of the requests not taken
+    after a failure: held with the target if it refused us (401/403, not the service's API),
+    otherwise resent later, as a batch of their own."""
+    if outcome.verdict in (Verdict.UNAUTHORIZED, Verdict.FATAL):
+        return outcome
+    return Outcome(Verdict.RETRY, outcome.reason, outcome.retry_after, outcome.status)
+
+
 def classify_response(status: int, headers: Mapping[str, str], body: str = "") -> Outcome:
     """The one rule from an HTTP answer to a delivery verdict.
 

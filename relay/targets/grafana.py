@@ -27,7 +27,15 @@ from typing import Any, Literal
 import orjson
 
 from ..schema import ConfigError, secret
-from .base import DELIVERED, Batch, Outcome, TargetConfig, Verdict, json_headers
+from .base import (
+    DELIVERED,
+    Batch,
+    Outcome,
+    TargetConfig,
+    Verdict,
+    for_the_rest,
+    json_headers,
+)
 from .changes import ChangeTarget, ConfigChange, is_config_change, read_change, shorten
 
 TEXT_MAX = 10_000  # no limit is documented; keep an annotation readable
@@ -108,8 +116,7 @@ class GrafanaTarget(ChangeTarget):
             # The token is refused, Grafana is away or throttling: the rest would fare the same.
             if index == 0 and not failed:
                 return outcome  # nothing taken: the batch's answer (held or retried whole)
-            retry = Outcome(Verdict.RETRY, outcome.reason, outcome.retry_after, outcome.status)
-            failed.update({i: retry for i in range(index, len(events))})
+            failed.update(dict.fromkeys(range(index, len(events)), for_the_rest(outcome)))
             break
         if not failed:
             return DELIVERED

@@ -73,6 +73,7 @@ from .base import (
     TargetConfig,
     Verdict,
     classify_response,
+    for_the_rest,
     json_headers,
 )
 
@@ -297,12 +298,8 @@ class SegmentTarget(Target):
             # Some requests were taken: only what was not sent yet goes back, as a batch of its
             # own, where the answer again holds for all of it; a refused key holds it at once.
             rest = [index for later in requests[number:] for index, _ in later]
-            if outcome.verdict in (Verdict.UNAUTHORIZED, Verdict.FATAL):
-                again = outcome
-            else:
-                again = Outcome(Verdict.RETRY, outcome.reason, outcome.retry_after, outcome.status)
             return Outcome.per_event(
-                {**too_large, **dict.fromkeys(rest, again)},
+                {**too_large, **dict.fromkeys(rest, for_the_rest(outcome))},
                 others_delivered=True,
                 reason=outcome.reason,
                 status=outcome.status,
