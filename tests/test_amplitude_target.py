@@ -4,6 +4,8 @@ fake Amplitude HTTP V2 API that enforces the documented key, limits and event fi
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,7 @@ from tests.conftest import (
     relay_yaml,
     signed_headers,
 )
-from tests.daemon import DaemonProcess, free_port
+from tests.daemon import REPO_ROOT, DaemonProcess, free_port
 from tests.fake_amplitude import API_KEY, FakeAmplitude, too_large
 from tests.fakes import Answer, poll_until
 
@@ -379,3 +381,18 @@ routes:
             assert await daemon.terminate() == 0
         assert API_KEY not in daemon.log_text()
     assert [e["event_type"] for e in amp.accepted][:2] == ["page_view", "statsig::gate_exposure"]
+
+
+def test_check_output_never_shows_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "relay.yaml"
+    path.write_text(relay_yaml(config("http://127.0.0.1:9"), tmp_path))
+    result = subprocess.run(
+        [sys.executable, "-m", "relay", "check", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "amp: amplitude HTTP V2 at http://127.0.0.1:9/2/httpapi" in result.stdout
+    assert API_KEY not in result.stdout + result.stderr

@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import gzip
 import logging
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -31,9 +33,10 @@ from tests.conftest import (
     metric,
     post,
     post_export,
+    relay_yaml,
     signed_headers,
 )
-from tests.daemon import DaemonProcess, free_port
+from tests.daemon import REPO_ROOT, DaemonProcess, free_port
 from tests.fake_mixpanel import TOKEN, FakeMixpanel
 from tests.fakes import Answer, poll_until
 
@@ -380,3 +383,18 @@ routes:
         "$experiment_started",
         "my_custom_event",
     ]
+
+
+def test_check_output_never_shows_the_token(tmp_path: Path) -> None:
+    path = tmp_path / "relay.yaml"
+    path.write_text(relay_yaml(config("http://127.0.0.1:9"), tmp_path))
+    result = subprocess.run(
+        [sys.executable, "-m", "relay", "check", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "mp: mixpanel /import (strict) at http://127.0.0.1:9/import?strict=1" in result.stdout
+    assert TOKEN not in result.stdout + result.stderr
