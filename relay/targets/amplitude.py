@@ -9,8 +9,7 @@ ID; an event with neither is dropped and counted (Amplitude refuses it). ``inser
 ``timeUUID`` (else a digest of the event), so a resent event counts once.
 
 Wire facts relied on (Amplitude's HTTP V2 page, amplitude/amplitude-docs ``http-v2.md``, and the
-batching guide amplitude.com/docs/apis/analytics/http-api-batching-retries; summarised in
-shared/DESTINATIONS.md §1):
+batching guide amplitude.com/docs/apis/analytics/http-api-batching-retries):
 
 * hosts ``https://api2.amplitude.com`` and, for EU residency, ``https://api.eu.amplitude.com``;
   the key goes in the body, there is no auth header;

@@ -11,8 +11,7 @@ event Mixpanel's Experiments report reads, plus the exposure's metadata. Every e
 
 Wire facts relied on (mixpanel/docs ``reference/import-events.mdx``, the troubleshooting pages
 docs.mixpanel.com/troubleshooting/errors/400-bad-request and 429-rate-limit-exceeded, and the
-LaunchDarkly integration guide for ``$experiment_started``; summarised in
-shared/DESTINATIONS.md §2):
+LaunchDarkly integration guide for ``$experiment_started``):
 
 * hosts ``api.mixpanel.com``, ``api-eu.mixpanel.com``, ``api-in.mixpanel.com``; gzip accepted;
 * at most 2000 events a request; the size limit is given as 2 MB (older page, and its 413) and
