@@ -7,9 +7,12 @@ Events stay plain dicts (no per-event objects) so the hot path is dict look-ups 
 
 from __future__ import annotations
 
+import hashlib
 import time
 from datetime import UTC, datetime
 from typing import Any
+
+import orjson
 
 Event = dict[str, Any]
 
@@ -195,3 +198,22 @@ def unit_id(event: Event) -> str | None:
             if value:
                 return str(value)
     return None
+
+
+def user_and_stable_id(event: Event) -> tuple[str | None, str | None]:
+    """The event's user ID (top-level ``userID`` or ``user.userID``) and its
+    ``user.customIDs.stableID``, each None when absent or empty: the two IDs analytics
+    services key a person and a device by."""
+    user = event.get("user")
+    user = user if isinstance(user, dict) else {}
+    uid = event.get("userID") or user.get("userID")
+    custom_ids = user.get("customIDs")
+    stable = custom_ids.get("stableID") if isinstance(custom_ids, dict) else None
+    return (str(uid) if uid else None), (str(stable) if stable else None)
+
+
+def content_digest(event: Event) -> str:
+    """32 hex characters that depend only on the event's content: a stable dedup key for an
+    event without ``timeUUID`` (the same event redelivered gets the same key)."""
+    digest = hashlib.blake2b(orjson.dumps(event, option=orjson.OPT_SORT_KEYS), digest_size=16)
+    return digest.hexdigest()

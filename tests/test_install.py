@@ -48,6 +48,7 @@ def test_there_is_one_example_per_use_case() -> None:
         "config-changes-to-datadog-slack-grafana.yaml",
         "segment-to-statsig.yaml",
         "statsig-sdk-proxy.yaml",
+        "statsig-to-amplitude-and-mixpanel.yaml",
         "statsig-to-fivetran-and-heap.yaml",
         "statsig-to-segment.yaml",
         "two-replicas-redis.yaml",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .amplitude import AmplitudeTarget
 from .base import Batch, Outcome, Target, TargetConfig, Verdict
 from .chronosphere import ChronosphereTarget
 from .datadog import DatadogTarget
@@ -9,6 +10,7 @@ from .file import FileTarget
 from .fivetran import FivetranTarget
 from .grafana import GrafanaTarget
 from .heap import HeapTarget
+from .mixpanel import MixpanelTarget
 from .segment import SegmentTarget
 from .slack import SlackTarget
 from .statsig import StatsigTarget
@@ -25,6 +27,8 @@ TARGETS: dict[str, type[Target]] = {
     "datadog": DatadogTarget,
     "slack": SlackTarget,
     "grafana": GrafanaTarget,
+    "amplitude": AmplitudeTarget,
+    "mixpanel": MixpanelTarget,
 }
 
 __all__ = ["TARGETS", "Batch", "Outcome", "Target", "TargetConfig", "Verdict"]
