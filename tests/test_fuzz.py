@@ -18,7 +18,8 @@ CI runs ``DEFAULT_EXAMPLES`` per source, derandomized (the same bodies every run
 
 The relay and the fakes run on an event loop in a thread of their own (hypothesis drives a
 synchronous test), in process; ``test_fuzz_daemon_process`` sends the same kind of bodies to
-the daemon run as a process.
+the daemon run as a process, and ``test_fuzz_canaries_reach_every_destination_exactly_once``
+to the Amplitude, Mixpanel and Segment targets, whose fakes enforce those APIs' fields and limits.
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ from relay.config import parse_config
 from relay.sources.statsig_webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from tests.conftest import fixture_json, relay_yaml
 from tests.daemon import DaemonProcess, free_port
+from tests.fake_amplitude import FakeAmplitude
+from tests.fake_mixpanel import FakeMixpanel
+from tests.fake_segment import FakeSegment
 from tests.fakes import FakeTarget, RecordedRequest, poll_until
 
 DEFAULT_EXAMPLES = 250
@@ -669,5 +673,87 @@ def test_fuzz_daemon_process(tmp_path: Path) -> None:
             assert all(line.endswith(" 0.0") for line in internal), internal
         finally:
             live.run(daemon.terminate())
+    finally:
+        live.close()
+
+
+class DestinationsRelay(LiveRelay):
+    """The relay with the vendors' fakes as targets too (each enforces its API's limits and
+    fields): every acknowledged canary must reach each of them exactly once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.amplitude = FakeAmplitude()
+        self.mixpanel = FakeMixpanel()
+        self.segment = FakeSegment("seg-target-key")
+
+    def start(self, tmp_path: Path) -> None:
+        self.thread.start()
+        for fake in (*self.fakes, self.amplitude, self.mixpanel, self.segment):
+            self.run(fake.start())
+        every = "from: [statsig, web, sdk, app]"
+        extra = f"""
+  amp: {{type: amplitude, api_key: "{self.amplitude.api_key}", base_url: "{self.amplitude.url}",
+         linger: 0s}}
+  mp: {{type: mixpanel, project_token: "{self.mixpanel.token}", base_url: "{self.mixpanel.url}",
+        linger: 0s}}
+  seg: {{type: segment, write_key: "seg-target-key", base_url: "{self.segment.url}", linger: 0s}}
+routes:
+  - {{name: to-amp, {every}, to: amp}}
+  - {{name: to-mp, {every}, to: mp}}
+  - {{name: to-seg, {every}, to: seg}}"""
+        yaml = sources_yaml(self.fakes[0].url, self.fakes[1].url).replace("\nroutes:", extra, 1)
+        self.relay = Relay(parse_config(relay_yaml(yaml, tmp_path), {}))
+        self.run(self.relay.start())
+        assert self.relay.public_port is not None
+        self.port = self.relay.public_port
+
+    def close(self) -> None:
+        for fake in (self.amplitude, self.mixpanel, self.segment):
+            self.run(fake.close())
+        super().close()
+
+    def vendor_names(self) -> dict[str, list[Any]]:
+        return {
+            "amplitude": [e.get("event_type") for e in self.amplitude.accepted],
+            "mixpanel": [e.get("event") for e in self.mixpanel.accepted],
+            "segment": [m.get("event") for m in self.segment.accepted],
+        }
+
+
+def test_fuzz_canaries_reach_every_destination_exactly_once(tmp_path: Path) -> None:
+    """Bodies from every source, hostile events beside the canaries, to Amplitude, Mixpanel
+    and Segment fakes as well as the two webhooks: each acknowledged canary once at each."""
+    live = DestinationsRelay()
+    try:
+        live.start(tmp_path)
+        tally = Tally()
+        canaries = Canaries()
+        every_source = st.one_of([requests(plans(canaries)) for plans in PLANS.values()])
+
+        @fuzz_settings(min(EXAMPLES, 150))
+        @given(request=every_source)
+        def one(request: Request) -> None:
+            record(tally, request, live.send(request))
+
+        one()
+        print("\nfuzz destinations: ", end="")
+        live.check(tally)
+
+        def everywhere() -> bool:
+            return all(tally.acknowledged <= set(n) for n in live.vendor_names().values())
+
+        with contextlib.suppress(AssertionError):
+            live.run(poll_until(everywhere, timeout=60), 90)
+        for vendor, seen in live.vendor_names().items():
+            counts = Counter(seen)
+            missing = sorted(tally.acknowledged - set(counts))
+            twice = sorted(n for n in tally.acknowledged if counts[n] > 1)
+            print(f"{vendor}: {sum(counts[n] for n in tally.acknowledged)} canaries", end="; ")
+            assert not missing, f"{vendor} never got {missing[:5]} of {len(tally.acknowledged)}"
+            assert not twice, f"{vendor} got twice {twice[:5]}"
+            assert not (tally.refused & set(counts)), f"{vendor} got a refused request's canary"
+        for fake in (live.amplitude, live.mixpanel, live.segment):
+            assert fake.failures == [], fake.failures[:3]
     finally:
         live.close()
