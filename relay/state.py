@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .events import EXPOSURE_CATEGORIES, Event, category_of, exposure_metadata, unit_id
-from .spool.base import Spool
+from .spool.base import GroupCall, Spool
 
 # (key, expiry in epoch ms, why an event holding a key already seen is dropped)
 StateKey = tuple[str, int, str]
@@ -79,12 +79,24 @@ class KeyLedger:
     def __init__(self, spool: Spool) -> None:
         self._spool = spool
         self._pending: set[str] = set()
+        # Requests that look keys up while a look-up is under way share the next one: one
+        # round trip to the store per group of requests, not per request.
+        self._lookups: GroupCall[tuple[Sequence[str], int], set[str]] = GroupCall(self._lookup)
+
+    async def _lookup(self, calls: list[tuple[Sequence[str], int]]) -> list[set[str]]:
+        if len(calls) == 1:
+            keys, now_ms = calls[0]
+            return [await self._spool.seen_keys(keys, now_ms)]
+        every = list({key for keys, _ in calls for key in keys})
+        # The earliest caller's clock: a key unexpired for any caller counts as seen.
+        seen = await self._spool.seen_keys(every, min(now_ms for _, now_ms in calls))
+        return [{key for key in keys if key in seen} for keys, _ in calls]
 
     async def seen(self, keys: Sequence[str], now_ms: int) -> set[str]:
         """Keys stored and unexpired, or let through by a request still committing."""
         if not keys:
             return set()
-        seen = await self._spool.seen_keys(keys, now_ms)
+        seen = await self._lookups.submit((keys, now_ms))
         pending = self._pending
         if pending:
             seen.update(key for key in keys if key in pending)

@@ -137,21 +137,24 @@ async def test_a_group_commit_carries_acks_and_new_rows_in_one_transaction(
 ) -> None:
     spool = await open_spool(tmp_path / "s.db")
     transactions = 0
-    commit_group = spool._commit_group
+    commit_group = spool._group_commit._call
 
-    async def counting(writes: list) -> None:
+    async def counting(writes: list) -> list:
         nonlocal transactions
         transactions += 1
-        await commit_group(writes)
+        return await commit_group(writes)
 
-    spool._group_commit._write = counting
+    spool._group_commit._call = counting
     try:
         await spool.enqueue([row("a")])
         first = await spool.claim("t", 100, BIG, 30)
         transactions = 0
         await asyncio.gather(spool.ack(first), spool.enqueue([row("b")]), spool.enqueue([row("c")]))
         assert transactions == 1
-        assert tags(await spool.claim("t", 100, BIG, 30)) == ["b", "c"]
+        claimed = await spool.claim("t", 100, BIG, 30)
+        # The two requests' rows were merged into one row (rows.merge_rows), events in order.
+        assert [e["eventName"] for r in claimed for e in orjson.loads(r.body)] == ["b", "c"]
+        assert len(claimed) == 1 and claimed[0].count == 2
     finally:
         await spool.close()
 
@@ -193,3 +196,23 @@ def test_retried_rows_wait_then_come_back_in_receive_order() -> None:
     index.retry(3, next_attempt=0)
     assert [r.id for r in index.claim("t", 10, BIG, 1000, now=60)] == [1, 2, 3]
     assert [r.attempts for r in index.rows.values()] == [1, 1, 1]
+
+
+async def test_small_rows_of_one_group_are_merged_per_target_and_route(tmp_path: Path) -> None:
+    spool = await open_spool(tmp_path / "s.db")
+    try:
+        await asyncio.gather(
+            spool.enqueue([row("a"), row("x", target="u")]),
+            spool.enqueue([row("b", count=2)]),
+            spool.enqueue([row("c"), row("y", target="u")]),
+        )
+        t = await spool.claim("t", 100, BIG, 30)
+        u = await spool.claim("u", 100, BIG, 30)
+        assert [len(t), len(u)] == [1, 1]
+        assert [e["eventName"] for e in orjson.loads(t[0].body)] == ["a", "b", "b", "c"]
+        assert t[0].count == 4 and u[0].count == 2
+        big = NewRow("t", "route", b"[" + b'"' + b"x" * 70_000 + b'"]', 1, now_ms())
+        await asyncio.gather(spool.enqueue([big]), spool.enqueue([row("d")]))
+        assert len(await spool.claim("t", 100, BIG, 30)) == 2  # past the merge size: apart
+    finally:
+        await spool.close()

@@ -21,32 +21,35 @@ from typing import Generic, TypeVar
 
 from .records import DeadRow, NewRow, SpoolRow, SpoolStats, dead_from
 
+I = TypeVar("I")  # noqa: E741
+R = TypeVar("R")
 W = TypeVar("W")
 
 
-class GroupCommit(Generic[W]):
-    """Concurrent writes share one commit: the cost of a commit (an fsync, a round trip) is
-    paid per group of callers, not per caller.
+class GroupCall(Generic[I, R]):
+    """Concurrent calls share one round trip: its cost (an fsync, an IPC to the writer, a
+    network hop) is paid per group of callers, not per caller.
 
-    Each caller adds its write and waits; one task hands everything pending to ``write`` in one
-    call, and repeats while more arrived meanwhile. A failed commit fails every caller in it.
+    Each caller adds its item and waits; one task hands everything pending to ``call`` in one
+    go (which answers one result per item, in order), and repeats while more arrived
+    meanwhile. A failed call fails every caller in it.
     """
 
-    def __init__(self, write: Callable[[list[W]], Awaitable[None]]) -> None:
-        self._write = write
-        self._pending: list[tuple[W, asyncio.Future[None]]] = []
+    def __init__(self, call: Callable[[list[I]], Awaitable[Sequence[R]]]) -> None:
+        self._call = call
+        self._pending: list[tuple[I, asyncio.Future[R]]] = []
         self._task: asyncio.Task[None] | None = None
 
-    async def submit(self, item: W) -> None:
-        """Return once ``item`` is committed (or raise why it was not)."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    async def submit(self, item: I) -> R:
+        """Return ``item``'s result once its group's call is done (or raise why it failed)."""
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._pending.append((item, future))
         if self._task is None:
             self._task = asyncio.create_task(self._run())
-        await future
+        return await future
 
     async def idle(self) -> None:
-        """Wait for the commit under way, if any (before closing the store)."""
+        """Wait for the call under way, if any (before closing the store)."""
         if self._task is not None:
             await asyncio.shield(self._task)
 
@@ -55,17 +58,28 @@ class GroupCommit(Generic[W]):
             while self._pending:
                 group, self._pending = self._pending, []
                 try:
-                    await self._write([item for item, _ in group])
+                    results = await self._call([item for item, _ in group])
                 except Exception as exc:
                     for _, future in group:
                         if not future.done():
                             future.set_exception(exc)
                     continue
-                for _, future in group:
+                for (_, future), result in zip(group, results, strict=True):
                     if not future.done():
-                        future.set_result(None)
+                        future.set_result(result)
         finally:
             self._task = None
+
+
+class GroupCommit(GroupCall[W, None]):
+    """Concurrent writes share one commit (see :class:`GroupCall`)."""
+
+    def __init__(self, write: Callable[[list[W]], Awaitable[None]]) -> None:
+        async def call(items: list[W]) -> list[None]:
+            await write(items)
+            return [None] * len(items)
+
+        super().__init__(call)
 
 
 class SpoolFull(Exception):

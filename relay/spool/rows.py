@@ -1,4 +1,5 @@
-"""Building spool rows: a route's events for one request become one row, a JSON array.
+"""Building spool rows: a route's events for one request become one row, a JSON array; the
+small rows of requests that commit together are merged (:func:`merge_rows`).
 
 The spool contract (base.py) stores each row as the JSON array a target that forwards events
 unchanged splices into its request as is. Events the source kept as their bytes
@@ -44,3 +45,39 @@ def json_array(
             dicts = events.dicts
             return orjson.dumps([dicts[i] for i in indices])
     return b"[" + b",".join([events.json(i, new_name) for i in indices]) + b"]"
+
+
+# Rows of requests that commit together are merged up to this size: a browser's one-event
+# request then costs the spool and the deliverer one row per group, not one per request,
+# while a row stays far below any target's request size.
+MERGE_MAX_BYTES = 64 * 1024
+
+
+def merge_rows(rows: list[NewRow], max_bytes: int = MERGE_MAX_BYTES) -> list[NewRow]:
+    """Fresh rows for the same target and route, concatenated in order while the result stays
+    within ``max_bytes``; a merged row keeps the earliest receive time. Rows that carry an
+    attempt, a schedule or an error (requeued by the deliverer) are kept as they are."""
+    if len(rows) < 2:
+        return rows
+    merged: list[NewRow] = []
+    open_rows: dict[tuple[str, str], int] = {}  # (target, route): index in merged
+    for row in rows:
+        if row.attempts or row.next_attempt_ms or row.last_error:
+            merged.append(row)
+            continue
+        key = (row.target, row.route)
+        at = open_rows.get(key)
+        if at is not None and row.count:
+            into = merged[at]
+            if into.count and len(into.body) + len(row.body) <= max_bytes:
+                merged[at] = NewRow(
+                    row.target,
+                    row.route,
+                    into.body[:-1] + b"," + row.body[1:],
+                    into.count + row.count,
+                    min(into.first_received_ms, row.first_received_ms),
+                )
+                continue
+        open_rows[key] = len(merged)
+        merged.append(row)
+    return merged

@@ -29,6 +29,7 @@ from .base import GroupCommit, Spool, SpoolFull
 from .due import DueIndex, QueuedRow
 from .file_host import FileHost, ProcessHost, ThreadHost
 from .records import DeadRow, NewRow, SpoolRow, SpoolStats
+from .rows import merge_rows
 from .sqlite_file import Opened, Write
 
 logger = logging.getLogger(__name__)
@@ -130,6 +131,7 @@ class SqliteSpool(Spool):
 
     async def _commit_group(self, group: list[Write]) -> None:
         """One transaction for the group (where the file lives), then the in-memory schedule."""
+        group = _merge_ingest(group)
         ids = await self._call("write_group", group)
         try:
             self._committed(group, ids)
@@ -297,3 +299,16 @@ class SqliteSpool(Spool):
         events, size = await self._call("purge_dead", target, list(ids))
         self._bytes -= size
         return events
+
+
+def _merge_ingest(group: list[Write]) -> list[Write]:
+    """The requests' writes of a group as one, their small rows merged (rows.merge_rows), in
+    the place of the first; the deliverers' writes as they are."""
+    ingest = [w for w in group if w.cache and not (w.delete or w.retry or w.dead)]
+    if len(ingest) < 2:
+        return group
+    rows = merge_rows([row for w in ingest for row in w.rows])
+    one = Write(rows, True, [key for w in ingest for key in w.keys])
+    first = ingest[0]
+    taken = {id(w) for w in ingest}
+    return [one if w is first else w for w in group if w is first or id(w) not in taken]
