@@ -144,11 +144,11 @@ def redis_endpoint(
             "with sentinels, the url gives only the password, db and TLS (redis://:PASSWORD@/0);"
             " Sentinel names the master",
         )
-    if not service_name:
-        raise ConfigError("service_name", "required with sentinels (the name Sentinel monitors)")
     hosts = tuple(
         _host_port(text, f"sentinels[{i}]", SENTINEL_PORT) for i, text in enumerate(sentinels)
     )
+    if not service_name:
+        raise ConfigError("service_name", "required with sentinels (the name Sentinel monitors)")
     userinfo = parts.netloc.rpartition("@")[0]
     options = _options_url(scheme, userinfo, parts.path.strip("/") or "0", parts.query)
     return RedisEndpoint(options, hosts, service_name, sentinel_password)
