@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite from a fresh clone: system packages the tests drive (a real headless
-# Chromium, a real Prometheus, redis-server, Caddy, nginx), the Python test extras, the npm
-# packages of the real JavaScript clients, then lint and pytest. README's test command;
+# Chromium, a real Prometheus, redis-server, redis-sentinel, Caddy, nginx), the Python test
+# extras, the npm packages of the real JavaScript clients, then lint and pytest. README's test
+# command;
 # .ci/run calls it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +11,7 @@ need_apt=()
 command -v chromium >/dev/null || need_apt+=(chromium)
 command -v promtool >/dev/null || need_apt+=(prometheus)
 command -v redis-server >/dev/null || need_apt+=(redis-server)
+command -v redis-sentinel >/dev/null || need_apt+=(redis-sentinel)
 command -v caddy >/dev/null || need_apt+=(caddy)
 command -v nginx >/dev/null || need_apt+=(nginx-light)
 command -v node >/dev/null || need_apt+=(nodejs npm)

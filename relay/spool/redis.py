@@ -35,6 +35,8 @@ memory. Surviving a Redis crash or restart depends on Redis persistence: ``appen
 ``appendfsync always`` (no loss) or ``everysec`` (up to ~1 s of acknowledged events lost on a
 power cut). Redis must not evict: ``maxmemory-policy noeviction``. Scripts name keys they
 compute, so this needs one Redis server (with replicas/Sentinel if you like), not Cluster.
+Replication is asynchronous: ``replica_acks`` makes an ingest commit wait (WAIT) until replicas
+have it, so a Sentinel failover cannot lose what was acknowledged (see redis_connect.py).
 """
 
 from __future__ import annotations
@@ -42,14 +44,21 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 from ..events import now_ms
 from ..schema import ByteSize, ConfigError, Duration, secret
 from .base import GroupCommit, Spool, SpoolFull
 from .records import DeadRow, NewRow, SpoolRow, SpoolStats, TargetDepth
+from .redis_connect import (
+    CLUSTER_REFUSED,
+    DEFAULT_URL,
+    RedisConnection,
+    RedisEndpoint,
+    redis_endpoint,
+    scrub,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +71,16 @@ _DLQ_CHUNK = 1000  # dead rows replayed or purged per script call, so Redis neve
 @dataclass(kw_only=True)
 class RedisSpoolConfig:
     backend: Literal["redis"] = "redis"
-    url: str = secret(default="redis://127.0.0.1:6379/0")  # may carry the password
+    # One server (redis://, rediss://, unix://) or Sentinel (redis+sentinel://); may carry the
+    # password. With ``sentinels``, only the master's password, db and TLS.
+    url: str = secret(default=DEFAULT_URL)
+    sentinels: list[str] = field(default_factory=list)  # "host:port" of each Sentinel
+    service_name: str = ""  # the master's name in Sentinel ("mymaster")
+    sentinel_password: str | None = secret(default=None)  # the sentinels' own requirepass
+    # Before acknowledging an ingest commit, wait until this many replicas have it (WAIT), so a
+    # failover to one of them cannot lose it; none in time within the timeout: ingest answers 503.
+    replica_acks: int = 0
+    replica_ack_timeout: Duration = Duration(1.0)
     prefix: str = "relay"  # every key is under "{prefix}:"; replicas sharing a queue share it
     max_size: ByteSize = ByteSize(1024**3)  # body bytes of queued + dead rows
     # How long a claim holds rows; a replica that dies mid-send loses them to the others after
@@ -70,26 +88,18 @@ class RedisSpoolConfig:
     lease: Duration = Duration(120.0)
 
     def __post_init__(self) -> None:
-        parts = urlsplit(self.url)
-        if parts.scheme not in ("redis", "rediss", "unix"):
-            raise ConfigError("url", "expected redis://, rediss:// or unix:// URL")
-        try:
-            parts.port  # noqa: B018  (raises on a port that is not a number 0-65535)
-        except ValueError:
-            # Never the URL itself in the message: it may carry the password.
-            raise ConfigError("url", "the port must be a number from 0 to 65535") from None
+        self.endpoint()  # raises ConfigError naming the key
         if not self.prefix or any(c.isspace() for c in self.prefix):
             raise ConfigError("prefix", "must be non-empty and without spaces")
         if self.lease <= 0:
             raise ConfigError("lease", "must be positive")
+        if self.replica_acks < 0:
+            raise ConfigError("replica_acks", "must be 0 or more")
+        if self.replica_ack_timeout <= 0:
+            raise ConfigError("replica_ack_timeout", "must be positive")
 
-
-def redact_redis_url(url: str) -> str:
-    """The URL without its password, fit for logs and error messages."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path}"
+    def endpoint(self) -> RedisEndpoint:
+        return redis_endpoint(self.url, self.sentinels, self.service_name, self.sentinel_password)
 
 
 # Shared helpers, prepended to each script. ARGV[1] is always the key prefix.
@@ -375,6 +385,11 @@ def _dead_args(row: DeadRow) -> tuple[Any, ...]:
     )
 
 
+class ReplicaAckTimeout(RuntimeError):
+    """Rows are on the master but not yet on ``replica_acks`` replicas: not acknowledged (the
+    sender resends; a duplicate is possible, a loss at failover is not)."""
+
+
 class RedisSpool(Spool):
     """Spool on Redis; see the module docstring for the data layout and its guarantees."""
 
@@ -383,6 +398,7 @@ class RedisSpool(Spool):
         self.config = config
         self.lease_s = float(config.lease)
         self._prefix = config.prefix
+        self._connection: RedisConnection | None = None
         self._client: Any = None
         self._scripts: dict[str, Any] = {}
         self._bytes = 0
@@ -391,18 +407,28 @@ class RedisSpool(Spool):
     # -- lifecycle -------------------------------------------------------------------------
     async def open(self) -> None:
         try:
-            import redis.asyncio as aioredis
+            import redis  # noqa: F401
         except ImportError:
             raise RuntimeError(
                 "the redis spool needs the redis package: pip install 'statsig-relay[redis]'"
             ) from None
-        where = redact_redis_url(self.config.url)
-        client = aioredis.Redis.from_url(self.config.url, socket_connect_timeout=5)
+        endpoint = self.config.endpoint()
+        where = endpoint.where
+        connection = endpoint.connect()
+        client = connection.client
         try:
             await client.ping()
         except Exception as exc:
-            await client.aclose()
-            raise RuntimeError(f"cannot reach the redis spool at {where}: {exc}") from None
+            await connection.aclose()
+            reason = scrub(str(exc), endpoint.secrets())
+            raise RuntimeError(f"cannot reach the redis spool at {where}: {reason}") from None
+        cluster: dict[str, Any] = {}
+        with contextlib.suppress(Exception):  # INFO may be restricted on managed Redis
+            cluster = await client.info("cluster")
+        if int(cluster.get("cluster_enabled", 0) or 0):
+            await connection.aclose()
+            raise RuntimeError(f"the redis spool at {where}: {CLUSTER_REFUSED}")
+        self._connection = connection
         self._client = client
         sources = {
             "enqueue": _ENQUEUE,
@@ -436,9 +462,9 @@ class RedisSpool(Spool):
 
     async def close(self) -> None:
         await self._group_commit.idle()
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        if self._connection is not None:
+            await self._connection.aclose()
+            self._connection = self._client = None
 
     async def _call(self, script: str, *args: Any) -> Any:
         if self._client is None:
@@ -470,13 +496,34 @@ class RedisSpool(Spool):
             for key, expires in state_keys:
                 key_args.extend((key, expires))
             nkeys += len(state_keys)
-        ok, used = await self._call(
-            "enqueue", self.config.max_size, now_ms(), nrows, *row_args, nkeys, *key_args
-        )
+        args = (self.config.max_size, now_ms(), nrows, *row_args, nkeys, *key_args)
+        if self.config.replica_acks:
+            ok, used = await self._enqueue_replicated(args)
+        else:
+            ok, used = await self._call("enqueue", *args)
         self._bytes = int(used)
         if not ok:
             raise SpoolFull(f"spool is over its size limit of {self.config.max_size} bytes")
         self._notify({row.target for rows, _ in batch for row in rows})
+
+    async def _enqueue_replicated(self, args: tuple[Any, ...]) -> tuple[int, int]:
+        """The enqueue script and WAIT on one connection (WAIT counts that connection's
+        writes): acknowledged only once ``replica_acks`` replicas have the rows."""
+        if self._client is None:
+            raise RuntimeError("spool is not open")
+        want = self.config.replica_acks
+        timeout_ms = max(1, int(self.config.replica_ack_timeout * 1000))
+        async with self._client.pipeline(transaction=False) as pipe:
+            await self._scripts["enqueue"](args=(self._prefix, *args), client=pipe)
+            pipe.wait(want, timeout_ms)
+            (ok, used), acked = await pipe.execute()
+        if ok and int(acked) < want:
+            self._bytes = int(used)
+            raise ReplicaAckTimeout(
+                f"{acked} of {want} redis replicas confirmed the write within "
+                f"{self.config.replica_ack_timeout:g}s"
+            )
+        return ok, used
 
     async def seen_keys(self, keys: Sequence[str], now_ms: int) -> set[str]:
         if not keys:
