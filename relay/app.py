@@ -258,6 +258,10 @@ class Relay:
             app,
             access_log=None,
             shutdown_timeout=self.config.server.shutdown_grace,
+            # aiohttp's keep-alive timer closes a connection that has not delivered a complete
+            # request head this long after it opened or after its previous answer: the header
+            # phase's limit (a slowloris), and the idle keep-alive limit.
+            keepalive_timeout=self.config.server.header_timeout,
             logger=ProtocolLog(name, self.metrics.bad_http_requests),
         )
         await runner.setup()
