@@ -35,7 +35,8 @@ EXPOSE 8080 9102
 # No curl in the slim image: Python asks /healthz (200 while every delivery loop runs).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=15s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9102/healthz', timeout=3)"]
-# SIGTERM drains (server.shutdown_grace, 20 s by default): give it that long.
+# SIGTERM drains within server.shutdown_grace (8 s by default), which fits Docker's default 10 s
+# stop timeout; a longer grace needs `docker stop --stop-timeout` (compose: stop_grace_period).
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["statsig-relay"]
 CMD ["run"]

@@ -5,8 +5,11 @@ listener, and the admin listener (``admin.py``). Start-up order: spool → targe
 tasks → deliverers → admin → public listener (so nothing is acknowledged before it can be
 stored). Every step pushes its own close onto one ``AsyncExitStack`` (aiohttp's
 ``cleanup_ctx`` idea), so shutdown, and a start-up that fails half-way (a port taken), close
-exactly what was opened, in reverse order. Shutdown is bounded: stop accepting, finish in-flight
-requests, let in-flight sends finish within the grace period, leave the rest in the spool.
+exactly what was opened, in reverse order. Shutdown is bounded by one deadline,
+``shutdown_grace`` from the moment stop begins: no new send starts, the listeners stop accepting
+and finish their requests in flight, sends in flight finish or are cancelled at the deadline,
+and whatever was not delivered stays in the spool. A second SIGTERM/SIGINT ends the waiting at
+once (what was acknowledged is in the spool either way).
 """
 
 from __future__ import annotations
@@ -100,6 +103,8 @@ class Relay:
         self.ingest: Ingest | None = None
         self._stack: contextlib.AsyncExitStack | None = None  # set while started
         self._stop = asyncio.Event()
+        self._hurry = asyncio.Event()  # a second signal: stop waiting
+        self._deadline: float | None = None  # loop time at which a stop's waiting ends
         self.public_port: int | None = None
         self.admin_port: int | None = None
         self.started_at = time.time()
@@ -207,9 +212,32 @@ class Relay:
         deliverer.start()
 
     async def _stop_deliverers(self) -> None:
-        deliverers, self.deliverers = self.deliverers, {}
-        grace = self.config.server.shutdown_grace
-        await asyncio.gather(*(d.stop(grace) for d in deliverers.values()))
+        grace = self._remaining()
+        try:  # kept in self.deliverers while they stop, so hurry() reaches them
+            await asyncio.gather(*(d.stop(grace) for d in self.deliverers.values()))
+        finally:
+            self.deliverers = {}
+
+    def _remaining(self) -> float:
+        """What is left of the shutdown grace (all of it outside a stop)."""
+        if self._hurry.is_set():
+            return 0.0
+        if self._deadline is None:
+            return float(self.config.server.shutdown_grace)
+        return max(0.0, self._deadline - asyncio.get_running_loop().time())
+
+    async def _close_listener(self, runner: web.AppRunner, name: str) -> None:
+        """Stop accepting, let requests in flight finish (the runner's shutdown_timeout), unless
+        a second signal says not to wait: then the process exits with them unanswered (never
+        acknowledged, so nothing is lost)."""
+        closing = asyncio.ensure_future(runner.cleanup())
+        hurry = asyncio.ensure_future(self._hurry.wait())
+        await asyncio.wait((closing, hurry), return_when=asyncio.FIRST_COMPLETED)
+        hurry.cancel()
+        if not closing.done():
+            logger.warning("%s listener: not waiting for its requests in flight", name)
+            closing.cancel()
+        await asyncio.gather(closing, hurry, return_exceptions=True)
 
     async def _close_targets(self) -> None:
         targets, self.targets = self.targets, {}
@@ -230,11 +258,15 @@ class Relay:
             app,
             access_log=None,
             shutdown_timeout=self.config.server.shutdown_grace,
+            # aiohttp's keep-alive timer closes a connection that has not delivered a complete
+            # request head this long after it opened or after its previous answer: the header
+            # phase's limit (a slowloris), and the idle keep-alive limit.
+            keepalive_timeout=self.config.server.header_timeout,
             logger=ProtocolLog(name, self.metrics.bad_http_requests),
         )
         await runner.setup()
         # Cleanup stops accepting, then lets requests in flight finish (shutdown_timeout).
-        stack.push_async_callback(runner.cleanup)
+        stack.push_async_callback(self._close_listener, runner, name)
         site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=reuse_port)
         try:
             await site.start()
@@ -252,8 +284,30 @@ class Relay:
     async def stop(self) -> None:
         """Bounded, ordered drain (see the module docstring); a no-op when not started."""
         stack, self._stack = self._stack, None
-        if stack is not None:
+        if stack is None:
+            return
+        self._deadline = asyncio.get_running_loop().time() + self.config.server.shutdown_grace
+        for deliverer in self.deliverers.values():  # before anything else: no new send
+            deliverer.stop_claiming()
+        try:
             await stack.aclose()
+        finally:
+            self._deadline = None
+
+    def hurry(self) -> None:
+        """End a stop's waiting now: sends in flight are cancelled (their rows stay in the
+        spool, delivered after the next start), requests in flight go unanswered."""
+        if self._hurry.is_set():
+            return
+        self._hurry.set()
+        sends = sum(d.sends_in_flight[0] for d in self.deliverers.values())
+        logger.warning(
+            "second signal: stopping now; %d sends in flight cancelled, their rows stay in "
+            "the spool",
+            sends,
+        )
+        for deliverer in self.deliverers.values():
+            deliverer.abandon()
 
     async def reload(self, path: str) -> bool:
         """Apply a changed config without dropping anything; a bad file keeps the old one."""
@@ -301,6 +355,9 @@ class Relay:
         return True
 
     def request_stop(self) -> None:
+        """SIGTERM/SIGINT: the first drains (``shutdown_grace``), a second stops at once."""
+        if self._stop.is_set():
+            self.hurry()
         self._stop.set()
 
     async def run_until_stopped(self, config_path: str | None = None) -> None:
@@ -323,7 +380,11 @@ class Relay:
             await self._stop.wait()
         finally:
             systemd.notify("STOPPING=1")
-            logger.info("stopping: draining in-flight requests and sends")
+            logger.info(
+                "stopping: no new sends; draining in-flight requests and sends for up to %gs "
+                "(server.shutdown_grace; a second SIGTERM or SIGINT stops at once)",
+                self.config.server.shutdown_grace,
+            )
             watchdog.cancel()
             await asyncio.gather(*reloads, return_exceptions=True)
             await self.stop()

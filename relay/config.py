@@ -37,11 +37,19 @@ class ServerConfig:
     # A request body not complete this long after its headers is answered 408 (and the
     # connection closed): a stalled client does not hold a handler for ever.
     body_timeout: Duration = Duration(30.0)
+    # A connection must deliver a complete request head this long after it opens or after its
+    # previous answer, or it is closed: a client sending its headers a byte at a time (or an
+    # idle keep-alive connection) does not hold a connection for ever. aiohttp's keep-alive
+    # timer, which closes a connection still waiting for its next request head.
+    header_timeout: Duration = Duration(10.0)
     # SO_REUSEPORT on the public listener: several relays on one host share its port and the
     # kernel spreads their connections (one event loop each; see README "Several relays on one
     # host").
     reuse_port: bool = False
-    shutdown_grace: Duration = Duration(20.0)  # finish in-flight work for this long on SIGTERM
+    # On SIGTERM, requests and sends in flight get this long in all (one deadline), then the
+    # sends are cancelled and their rows stay in the spool. 8 s fits Docker's default 10 s stop
+    # timeout with room to close the spool.
+    shutdown_grace: Duration = Duration(8.0)
     retry_after: Duration = Duration(5.0)  # Retry-After sent with 503 when the spool is full
     log_level: str = "info"
     log_format: str = "text"  # text | json
@@ -57,6 +65,8 @@ class ServerConfig:
                 raise ConfigError(key, str(exc)) from None
         if self.body_timeout <= 0:
             raise ConfigError("body_timeout", "must be more than 0s")
+        if self.header_timeout <= 0:
+            raise ConfigError("header_timeout", "must be more than 0s")
         if self.log_format not in ("text", "json"):
             raise ConfigError("log_format", "must be text or json")
         if self.log_level.lower() not in LOG_LEVELS:

@@ -105,7 +105,7 @@ class Deliverer:
         # after it; a live send renews it, so it is never taken over while it runs.
         self._lease = spool.lease_s
         self._slots = asyncio.Semaphore(self.config.concurrency)
-        self._inflight: set[asyncio.Task[None]] = set()
+        self._inflight: dict[asyncio.Task[None], int] = {}  # send → its events
         self._stopping = asyncio.Event()
         self._gate = asyncio.Event()  # set when a probe ends or the loop stops
         self._task: asyncio.Task[None] | None = None
@@ -140,24 +140,56 @@ class Deliverer:
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
 
+    def stop_claiming(self) -> None:
+        """No new send from now on (the first thing a shutdown does); sends in flight go on."""
+        self._stopping.set()
+        self._gate.set()
+        self.spool.wakeup(self.name).set()
+
+    @property
+    def sends_in_flight(self) -> tuple[int, int]:
+        """(sends, events) in flight."""
+        return len(self._inflight), sum(self._inflight.values())
+
     async def stop(self, grace: float) -> None:
         """Stop claiming; let sends in flight finish within ``grace``; cancel the rest.
 
         Cancelled sends leave their rows leased in the spool; they are claimed again after a
-        restart (at-least-once).
+        restart (at-least-once). :meth:`abandon` ends the wait at once.
         """
-        self._stopping.set()
-        self._gate.set()
-        self.spool.wakeup(self.name).set()
+        self.stop_claiming()
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self._inflight:
-            _, pending = await asyncio.wait(self._inflight, timeout=grace)
+        if not self._inflight:
+            return
+        sends, events = self.sends_in_flight
+        logger.info(
+            "stopping: waiting up to %.1fs for %d sends (%d events) to target %s",
+            grace,
+            sends,
+            events,
+            self.name,
+        )
+        _, pending = await asyncio.wait(self._inflight, timeout=grace)
+        if pending:
+            left = sum(self._inflight.get(task, 0) for task in pending)
             for task in pending:
                 task.cancel()
-            if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
+            await asyncio.gather(*pending, return_exceptions=True)
+            logger.warning(
+                "stopping: cancelled %d sends (%d events) to target %s; their rows stay in "
+                "the spool and are sent again at the next start",
+                len(pending),
+                left,
+                self.name,
+            )
+
+    def abandon(self) -> None:
+        """Cancel every send in flight now (a second SIGTERM/SIGINT); rows stay in the spool."""
+        self.stop_claiming()
+        for task in self._inflight:
+            task.cancel()
 
     def _publish(self, health: TargetHealth) -> None:
         self._m_failing.set(1 if health.failing else 0)
@@ -177,7 +209,8 @@ class Deliverer:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._gate.wait(), delay)
                 continue
-            await self._slots.acquire()
+            if not await self._take_slot():
+                break
             if self.health.claim_delay(time.time()) > 0:  # another batch became the probe
                 self._slots.release()
                 continue
@@ -203,11 +236,36 @@ class Deliverer:
                 await self._sleep(wakeup, POLL_SECONDS)
                 continue
             task = asyncio.create_task(self._deliver(rows, probe))
-            self._inflight.add(task)
+            self._inflight[task] = sum(r.count for r in rows)
             task.add_done_callback(self._finished)
 
+    async def _take_slot(self) -> bool:
+        """A send slot, or False once stopping: a slot held by a hung send may take the
+        target's whole timeout to free, and no send may start after stop begins."""
+        if self._slots.locked() and not self._stopping.is_set():
+            acquire = asyncio.ensure_future(self._slots.acquire())
+            stopping = asyncio.ensure_future(self._stopping.wait())
+            await asyncio.wait((acquire, stopping), return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if not acquire.done():
+                acquire.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await acquire
+            if acquire.done() and not acquire.cancelled():
+                if not self._stopping.is_set():
+                    return True
+                self._slots.release()
+            return False
+        if self._stopping.is_set():
+            return False
+        await self._slots.acquire()
+        if self._stopping.is_set():
+            self._slots.release()
+            return False
+        return True
+
     def _finished(self, task: asyncio.Task[None]) -> None:
-        self._inflight.discard(task)
+        self._inflight.pop(task, None)
         self._slots.release()
         if not task.cancelled() and task.exception() is not None:
             logger.error("target %s: delivery task failed", self.name, exc_info=task.exception())
@@ -453,14 +511,27 @@ class Deliverer:
                 or stop_after_attempt(attempts)(state)
             )
 
+        answers: list[Outcome] = []
+
+        async def attempt(part: Batch) -> Outcome:
+            if answers and self._stopping.is_set():
+                return answers[-1]  # stopping: no new request; the last answer stands
+            answers.append(await self._send_once(part))
+            return answers[-1]
+
+        async def pause(seconds: float) -> None:  # a stop ends the wait between attempts
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), seconds)
+
         retrying = AsyncRetrying(
             stop=give_up,
             wait=wait,
+            sleep=pause,
             retry=retry_if_result(lambda o: o.verdict is Verdict.RETRY),
             retry_error_callback=lambda state: state.outcome.result(),  # type: ignore[union-attr]
             reraise=True,
         )
-        outcome: Outcome = await retrying(self._send_once, batch)
+        outcome: Outcome = await retrying(attempt, batch)
         if retrying.statistics.get("attempt_number", 1) > 1 or outcome.verdict is Verdict.RETRY:
             result.retried += batch.count
         return outcome

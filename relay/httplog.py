@@ -7,6 +7,11 @@ and the exception text quotes request bytes, which can hold a secret. This adapt
 every such request in ``relay_bad_http_requests_total{listener}`` and logs at most one short
 WARNING per interval (exception class and peer only); everything else, a 500 from a handler
 with its traceback included, goes to the logger unchanged.
+
+A body that cannot be decoded (corrupt gzip, deflate or brotli, broken chunked framing) is
+answered 400/415 by the handler, then aiohttp reads what is left of it before reusing the
+connection, meets the same error again and logs it as an "Unhandled exception" with a
+traceback. That ``RequestPayloadError`` is counted and rate-limited the same way.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import Counter
 
 logger = logging.getLogger(__name__)
@@ -45,11 +51,19 @@ class ProtocolLog(logging.LoggerAdapter[logging.Logger]):
     def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info")
         if isinstance(exc, HttpProcessingError):
-            self._bad_request(exc, args[0] if args else None)
+            peer = args[0] if args else None
+            self._bad_request(
+                f"malformed HTTP request from {peer or 'unknown peer'} answered {exc.code} "
+                f"({type(exc).__name__})"
+            )
+            return
+        if isinstance(exc, RequestPayloadError):
+            cause = exc.__cause__ or exc.__context__ or exc
+            self._bad_request(f"request body that cannot be decoded ({type(cause).__name__})")
             return
         super().log(level, msg, *args, **kwargs)
 
-    def _bad_request(self, exc: HttpProcessingError, peer: object) -> None:
+    def _bad_request(self, what: str) -> None:
         self.bad_requests.inc()
         now = self.clock()
         if now < self._next_warning:
@@ -58,12 +72,10 @@ class ProtocolLog(logging.LoggerAdapter[logging.Logger]):
         suppressed, self._suppressed = self._suppressed, 0
         self._next_warning = now + self.interval_s
         logger.warning(
-            "%s listener: malformed HTTP request from %s answered %s (%s); "
-            "%d more since the last warning; next warning in %ds at the earliest",
+            "%s listener: %s; %d more bad requests since the last warning; next warning in %ds "
+            "at the earliest",
             self.listener,
-            peer or "unknown peer",
-            exc.code,
-            type(exc).__name__,
+            what,
             suppressed,
             self.interval_s,
         )

@@ -51,7 +51,8 @@ class RelayMetrics:
         )
         self.bad_http_requests = Counter(
             "relay_bad_http_requests",
-            "Requests aiohttp could not parse (answered 400; logged at most once a minute)",
+            "Requests aiohttp could not parse, or with a body that cannot be decoded (answered "
+            "400/415; logged at most once a minute)",
             ["listener"],
             registry=r,
         )

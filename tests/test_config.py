@@ -103,6 +103,21 @@ def test_a_body_timeout_that_could_only_refuse_every_body_is_refused(
     assert default == pytest.approx(30.0)
 
 
+@pytest.mark.parametrize(
+    ("value", "words"), [("0s", "must be more than 0s"), ("-1s", "expected a duration")]
+)
+def test_a_header_timeout_that_would_close_every_connection_is_refused(
+    value: str, words: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(BASE + f"server: {{header_timeout: {value}}}", env={"SECRET": "x"})
+    assert err.value.path == "server.header_timeout"
+    assert words in str(err.value)
+    server = parse_config(BASE, env={"SECRET": "x"}).server
+    assert server.header_timeout == pytest.approx(10.0)
+    assert server.shutdown_grace == pytest.approx(8.0)  # fits Docker's 10 s stop timeout
+
+
 def test_unknown_top_level_key_and_bad_yaml() -> None:
     with pytest.raises(ConfigError, match=r"^sourcez: unknown key"):
         parse_config("sourcez: {}\n", env={})
