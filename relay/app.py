@@ -143,7 +143,7 @@ class Relay:
         self.ingest = ingest
         return Pipeline(sources, router, endpoints)
 
-    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+    async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
         """Public listener: one dict look-up to the source endpoint (swappable on reload)."""
         pipeline = self.pipeline
         handler = pipeline.endpoints.get((request.method, request.path)) if pipeline else None
@@ -200,10 +200,8 @@ class Relay:
         self.admin_port = await self._listen(
             stack, admin, cfg.server.admin_listen, "admin", reuse_port=False
         )
-        public = web.Application(client_max_size=cfg.server.max_body)
-        public.router.add_route("*", "/{tail:.*}", self._dispatch)
         self.public_port = await self._listen(
-            stack, public, cfg.server.listen, "public", reuse_port=cfg.server.reuse_port
+            stack, None, cfg.server.listen, "public", reuse_port=cfg.server.reuse_port
         )
 
     def _start_deliverer(self, target: Target) -> None:
@@ -247,23 +245,38 @@ class Relay:
     async def _listen(
         self,
         stack: contextlib.AsyncExitStack,
-        app: web.Application,
+        app: web.Application | None,
         address: str,
         name: str,
         *,
         reuse_port: bool,
     ) -> int:
+        """Serve ``app`` (the admin listener), or with ``app`` None the public listener:
+        aiohttp's low-level server straight to :meth:`_dispatch`, without the application's
+        router, middlewares and signals a source does not use (a third of a small request's
+        cost)."""
         host, port = split_host_port(address)
-        runner = web.AppRunner(
-            app,
-            access_log=None,
-            shutdown_timeout=self.config.server.shutdown_grace,
+        server_options: dict[str, Any] = {
+            "access_log": None,
             # aiohttp's keep-alive timer closes a connection that has not delivered a complete
             # request head this long after it opened or after its previous answer: the header
             # phase's limit (a slowloris), and the idle keep-alive limit.
-            keepalive_timeout=self.config.server.header_timeout,
-            logger=ProtocolLog(name, self.metrics.bad_http_requests),
-        )
+            "keepalive_timeout": self.config.server.header_timeout,
+            "logger": ProtocolLog(name, self.metrics.bad_http_requests),
+        }
+        grace = self.config.server.shutdown_grace
+        runner: web.BaseRunner[Any]
+        if app is not None:
+            runner = web.AppRunner(app, shutdown_timeout=grace, **server_options)
+        else:
+            max_body = self.config.server.max_body
+            loop = asyncio.get_running_loop()
+
+            def request(*parts: Any) -> web.BaseRequest:
+                return web.BaseRequest(*parts, loop, client_max_size=max_body)
+
+            server = web.Server(self._dispatch, request_factory=request, **server_options)
+            runner = web.ServerRunner(server, shutdown_timeout=grace)
         await runner.setup()
         # Cleanup stops accepting, then lets requests in flight finish (shutdown_timeout).
         stack.push_async_callback(self._close_listener, runner, name)

@@ -73,7 +73,7 @@ class ClientAddress:
             return False
         return any(ip in network for network in self._networks)
 
-    def of(self, request: web.Request) -> str:
+    def of(self, request: web.BaseRequest) -> str:
         peer = request.remote or ""
         if not self._trusted(peer):
             return peer
@@ -126,7 +126,7 @@ class Guard:
         )
 
     # -- before the body is read -------------------------------------------------------------
-    def admit(self, request: web.Request) -> web.Response | None:
+    def admit(self, request: web.BaseRequest) -> web.Response | None:
         """A refusal (403 for a foreign origin, 429 over the rate), or None to go on."""
         origin = request.headers.get("Origin")
         if origin is not None and self.cors is not None and not self.cors.allows(origin):
@@ -144,7 +144,7 @@ class Guard:
         return None
 
     # -- after parsing -----------------------------------------------------------------------
-    def screen(self, request: web.Request, parsed: Parsed) -> None:
+    def screen(self, request: web.BaseRequest, parsed: Parsed) -> None:
         """Apply max_events (SourceError 413), allowed_events and user_ip to parsed events."""
         events = parsed.events
         if self.max_events is not None:
@@ -183,13 +183,13 @@ class Guard:
         return name in self._names or name.startswith(self._prefixes)
 
     # -- answers -----------------------------------------------------------------------------
-    def decorate(self, request: web.Request, response: web.StreamResponse) -> None:
+    def decorate(self, request: web.BaseRequest, response: web.StreamResponse) -> None:
         """CORS headers on any answer to an allowed origin, errors included."""
         origin = request.headers.get("Origin")
         if origin is not None and self.cors is not None and self.cors.allows(origin):
             response.headers.update(self.cors.answer_headers(origin))
 
-    async def preflight(self, request: web.Request) -> web.Response:
+    async def preflight(self, request: web.BaseRequest) -> web.Response:
         """``OPTIONS``: 204 with what the browser may send, or 403 for a foreign origin."""
         origin = request.headers.get("Origin")
         if origin is None or self.cors is None:  # not a CORS preflight

@@ -45,7 +45,7 @@ CONTENT_ENCODINGS = frozenset(
 
 NOT_COMPRESSED = "compressed bodies are not accepted here"
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
 class RowError(Exception):
@@ -93,7 +93,7 @@ class Ingest:
         internal_errors = m.internal_errors.labels(source.name)  # exported at 0 from the start
         requests = m.requests
 
-        async def handle(request: web.Request) -> web.StreamResponse:
+        async def handle(request: web.BaseRequest) -> web.StreamResponse:
             started = time.perf_counter()
             try:
                 if guard is None:
@@ -118,7 +118,7 @@ class Ingest:
         self,
         source: Source,
         endpoint: Endpoint,
-        request: web.Request,
+        request: web.BaseRequest,
         received_counter: object,
         guard: Guard | None,
     ) -> web.StreamResponse:
@@ -242,7 +242,7 @@ class Ingest:
             self._routed[route.name].inc(len(picked))
         return rows
 
-    async def _read_body(self, request: web.Request, source: Source) -> bytes:
+    async def _read_body(self, request: web.BaseRequest, source: Source) -> bytes:
         encoding = request.headers.get("Content-Encoding", "").strip().lower()
         compressed = encoding not in ("", "identity")
         if compressed and source.accepts_gzip and encoding not in CONTENT_ENCODINGS:

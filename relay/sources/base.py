@@ -105,18 +105,18 @@ class Source(ABC):
     def endpoints(self) -> Sequence[Endpoint]:
         """The paths this source owns."""
 
-    def authenticate(self, request: web.Request, endpoint: Endpoint, body: bytes) -> None:
+    def authenticate(self, request: web.BaseRequest, endpoint: Endpoint, body: bytes) -> None:
         """Raise SourceError(401/403) unless the request is allowed. Default: open."""
         return None
 
     @abstractmethod
     def parse(
-        self, request: web.Request, endpoint: Endpoint, body: bytes, received_ms: int
+        self, request: web.BaseRequest, endpoint: Endpoint, body: bytes, received_ms: int
     ) -> Parsed:
         """Parse and normalise; raise SourceError(400) only when nothing in it is usable."""
 
     def parse_raw(
-        self, request: web.Request, endpoint: Endpoint, body: bytes, received_ms: int
+        self, request: web.BaseRequest, endpoint: Endpoint, body: bytes, received_ms: int
     ) -> Parsed | None:
         """The raw path (relay/raw.py): events kept as their JSON bytes, in ``Parsed.raw``.
         None: this body (or this source) takes :meth:`parse`, the dict path."""

@@ -146,7 +146,7 @@ class JsonSource(Source):
             return [f"source {self.name!r} accepts requests without a key: set api_keys"]
         return []
 
-    def authenticate(self, request: web.Request, endpoint: Endpoint, body: bytes) -> None:
+    def authenticate(self, request: web.BaseRequest, endpoint: Endpoint, body: bytes) -> None:
         if not self._keys:
             return
         for header in self._headers:
@@ -160,7 +160,7 @@ class JsonSource(Source):
         raise SourceError(401, f"missing or wrong API key ({' or '.join(self._headers)})")
 
     def parse(
-        self, request: web.Request, endpoint: Endpoint, body: bytes, received_ms: int
+        self, request: web.BaseRequest, endpoint: Endpoint, body: bytes, received_ms: int
     ) -> Parsed:
         return self.parse_document(load_json(body), received_ms, may_nest_too_deep(body))
 

@@ -88,7 +88,7 @@ class SegmentConfig(SourceConfig):
         return [k for k in [*found, *self.write_keys] if k]
 
 
-def basic_user(request: web.Request) -> str | None:
+def basic_user(request: web.BaseRequest) -> str | None:
     """The user part of an HTTP Basic ``Authorization`` header (Segment's write key), or None."""
     header = request.headers.get("Authorization", "")
     scheme, _, credentials = header.partition(" ")
@@ -134,7 +134,7 @@ class SegmentSource(Source):
             return [f"source {self.name!r} accepts any write key: set write_keys"]
         return []
 
-    def authenticate(self, request: web.Request, endpoint: Endpoint, body: bytes) -> None:
+    def authenticate(self, request: web.BaseRequest, endpoint: Endpoint, body: bytes) -> None:
         if not self._keys:
             return
         presented = basic_user(request)
@@ -143,7 +143,7 @@ class SegmentSource(Source):
         # No Basic header: the key may be writeKey in the body, which parse() checks.
 
     def parse(
-        self, request: web.Request, endpoint: Endpoint, body: bytes, received_ms: int
+        self, request: web.BaseRequest, endpoint: Endpoint, body: bytes, received_ms: int
     ) -> Parsed:
         limit = self.config.max_batch_size if endpoint.kind == "batch" else None
         if limit is not None and len(body) > limit:

@@ -107,7 +107,7 @@ class StatsigEventsSource(Source):
             return [f"source {self.name!r} accepts events without an API key: set api_keys"]
         return []
 
-    def authenticate(self, request: web.Request, endpoint: Endpoint, body: bytes) -> None:
+    def authenticate(self, request: web.BaseRequest, endpoint: Endpoint, body: bytes) -> None:
         if not self._keys and not self.config.require_key:
             return
         presented = request.headers.get(KEY_HEADER) or request.query.get(KEY_QUERY)
@@ -121,7 +121,7 @@ class StatsigEventsSource(Source):
         return all(key.startswith("client-") for key in self._keys)
 
     def parse(
-        self, request: web.Request, endpoint: Endpoint, body: bytes, received_ms: int
+        self, request: web.BaseRequest, endpoint: Endpoint, body: bytes, received_ms: int
     ) -> Parsed:
         query = request.query
         if query.get(GZIPPED_QUERY) == "1":

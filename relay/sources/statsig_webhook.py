@@ -109,7 +109,7 @@ class StatsigWebhookSource(Source):
             return [f"source {self.name!r} accepts unsigned requests: set signing_secret"]
         return []
 
-    def authenticate(self, request: web.Request, endpoint: Endpoint, body: bytes) -> None:
+    def authenticate(self, request: web.BaseRequest, endpoint: Endpoint, body: bytes) -> None:
         if not self._require:
             return
         signature = request.headers.get(SIGNATURE_HEADER)
@@ -140,7 +140,7 @@ class StatsigWebhookSource(Source):
             raise SourceError(401, "signature does not match", "bad_signature")
 
     def parse_raw(
-        self, request: web.Request, endpoint: Endpoint, body: bytes, received_ms: int
+        self, request: web.BaseRequest, endpoint: Endpoint, body: bytes, received_ms: int
     ) -> Parsed | None:
         """Exports on the raw path; anything else (the handshake, a body the raw decoder
         doubts) takes :meth:`parse`."""
@@ -164,7 +164,7 @@ class StatsigWebhookSource(Source):
         return parsed
 
     def parse(
-        self, request: web.Request, endpoint: Endpoint, body: bytes, received_ms: int
+        self, request: web.BaseRequest, endpoint: Endpoint, body: bytes, received_ms: int
     ) -> Parsed:
         document = load_json(body)
         handshake = url_verification(document)
