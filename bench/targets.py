@@ -22,8 +22,9 @@ Delivery only, one target at a time. For each target in ``TARGETS``:
    and nothing else, and its shape checks must have no failures.
 
 A vendor's rate limit that the relay enforces itself (Heap's 15,000 events/min, Chronosphere's
-300/min) is lifted by default so the window measures the relay, not its token bucket;
-``--paced`` keeps it (events/s is then the vendor's limit). The table shows the limit.
+300/min, Slack's 60 messages/min) is lifted by default so the window measures the relay, not its
+token bucket; ``--paced`` keeps it (events/s is then the vendor's limit). The table shows the
+vendor's documented limit.
 
     .venv/bin/python bench/targets.py --targets webhook,heap --events 20000 --changes 1000
     .venv/bin/python bench/targets.py --repeat 3            # A B C, A B C, A B C; ranges
