@@ -22,8 +22,9 @@ Delivery only, one target at a time. For each target in ``TARGETS``:
    and nothing else, and its shape checks must have no failures.
 
 A vendor's rate limit that the relay enforces itself (Heap's 15,000 events/min, Chronosphere's
-300/min) is lifted by default so the window measures the relay, not its token bucket;
-``--paced`` keeps it (events/s is then the vendor's limit). The table shows the limit.
+300/min, Slack's 60 messages/min) is lifted by default so the window measures the relay, not its
+token bucket; ``--paced`` keeps it (events/s is then the vendor's limit). The table shows the
+vendor's documented limit.
 
     .venv/bin/python bench/targets.py --targets webhook,heap --events 20000 --changes 1000
     .venv/bin/python bench/targets.py --repeat 3            # A B C, A B C, A B C; ranges
@@ -71,6 +72,12 @@ sys.path[:0] = [str(BENCH_DIR), str(ROOT)]
 from loadgen import MIX, make_event, sign  # noqa: E402
 from run import BenchError, Procs, free_port, git_info, parse_metrics, tail, tree_cpu_s  # noqa: E402
 
+from tests.fake_amplitude import API_KEY as AMPLITUDE_KEY  # noqa: E402
+from tests.fake_amplitude import FakeAmplitude  # noqa: E402
+from tests.fake_change_targets import SLACK_PATH, FakeDatadog, FakeGrafana, FakeSlack  # noqa: E402
+from tests.fake_mixpanel import TOKEN as MIXPANEL_TOKEN  # noqa: E402
+from tests.fake_mixpanel import FakeMixpanel  # noqa: E402
+from tests.fake_segment import FakeSegment  # noqa: E402
 from tests.fake_statsig import FakeStatsig  # noqa: E402
 from tests.fakes import FakeTarget, RecordedRequest  # noqa: E402
 from tests.test_chronosphere import TOKEN as CHRONOSPHERE_TOKEN  # noqa: E402
@@ -86,6 +93,9 @@ LIFTED = 1_000_000_000  # a relay-side rate limit nobody reaches
 RETRY = {"retry_initial": "50ms", "retry_max": "500ms"}
 HOLD = {"failing_after": "100ms"}  # ingest phase only: the unreachable target holds its events
 FIVETRAN_SECRET = "bench-fivetran-hmac"
+SEGMENT_WRITE_KEY = "bench-segment-write-key"
+DATADOG_KEY = "bench-datadog-api-key"
+GRAFANA_TOKEN = "glsa_bench_token"
 
 
 # --------------------------------------------------------------------------- what is sent
@@ -192,6 +202,49 @@ def chronosphere_ids(rec: RecordedRequest) -> list[str]:
     return [str(rec.json["event"]["labels"].get("name", ""))]
 
 
+def amplitude_ids(rec: RecordedRequest) -> list[str]:
+    return [str(e.get("insert_id", "")) for e in rec.json["events"]]  # insert_id: timeUUID
+
+
+def mixpanel_ids(rec: RecordedRequest) -> list[str]:
+    return [str(r["properties"].get("$insert_id", "")) for r in rec.json]  # timeUUID
+
+
+def segment_ids(rec: RecordedRequest) -> list[str]:
+    return [str(m.get("messageId", "")) for m in rec.json["batch"]]  # messageId: timeUUID
+
+
+def datadog_ids(rec: RecordedRequest) -> list[str]:
+    return [str(rec.json["data"]["attributes"]["attributes"]["changed_resource"]["name"])]
+
+
+def _slack_unescape(text: str) -> str:
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+
+
+def slack_ids(rec: RecordedRequest) -> list[str]:
+    """One change per section block; its first line starts with the name: ``*name*``, or
+    ``<link|name>`` when the change carries a link."""
+    names = []
+    for block in rec.json["blocks"]:
+        line = block["text"]["text"].partition("\n")[0]
+        if line.startswith("<"):
+            names.append(_slack_unescape(line[line.index("|") + 1 : line.index(">")]))
+        else:
+            names.append(_slack_unescape(line[1 : line.index("*", 1)]))
+    return names
+
+
+def grafana_ids(rec: RecordedRequest) -> list[str]:
+    """The text's first line is ``Statsig <type> <name> <action>[ by <who>]`` and the tags are
+    ``statsig``, the type lowercased and the action: the name is what lies between them (a
+    type may have a space: "Dynamic Config")."""
+    _, kind, action = rec.json["tags"][:3]
+    line = rec.json["text"].partition("\n")[0]
+    rest = line[len("Statsig ") + len(kind) + 1 :]
+    return [rest.partition(f" {action}")[0]]
+
+
 TARGETS: dict[str, TargetBench] = {
     "webhook": TargetBench(
         target={"type": "webhook", "url": "{url}/ingest"},
@@ -222,6 +275,53 @@ TARGETS: dict[str, TargetBench] = {
         sends=CHANGES,
         unpace={"rate_limit_per_minute": LIFTED},
         vendor_limit="300/min (5/s)",
+    ),
+    # Amplitude, Mixpanel and Segment: the relay paces none of them (it only backs off after a
+    # 429), so there is nothing to lift; the limits are the vendors' documented ones.
+    "amplitude": TargetBench(
+        target={"type": "amplitude", "api_key": AMPLITUDE_KEY, "base_url": "{url}"},
+        fake=lambda **kw: FakeAmplitude(AMPLITUDE_KEY, **kw).start(),
+        ids=amplitude_ids,
+        vendor_limit="30/s per user or device",
+    ),
+    "mixpanel": TargetBench(
+        target={"type": "mixpanel", "project_token": MIXPANEL_TOKEN, "base_url": "{url}"},
+        fake=lambda **kw: FakeMixpanel(MIXPANEL_TOKEN, **kw).start(),
+        ids=mixpanel_ids,
+        vendor_limit="2 GB/min per project (~30k/s)",
+    ),
+    "segment": TargetBench(
+        target={"type": "segment", "write_key": SEGMENT_WRITE_KEY, "base_url": "{url}"},
+        fake=lambda **kw: FakeSegment(SEGMENT_WRITE_KEY, **kw).start(),
+        ids=segment_ids,
+        vendor_limit="60M per 10 min (100k/s)",
+    ),
+    "datadog": TargetBench(
+        target={"type": "datadog", "api_key": DATADOG_KEY, "base_url": "{url}"},
+        fake=lambda: FakeDatadog(DATADOG_KEY).start(),
+        ids=datadog_ids,
+        sends=CHANGES,
+        vendor_limit="250,000/min per org",
+    ),
+    "slack": TargetBench(
+        # url: the hook (the credential, its path checked by the fake); base_url: the fake.
+        target={
+            "type": "slack",
+            "url": f"https://hooks.slack.com{SLACK_PATH}",
+            "base_url": "{url}",
+        },
+        fake=lambda: FakeSlack().start(),
+        ids=slack_ids,
+        sends=CHANGES,
+        unpace={"messages_per_minute": LIFTED},
+        vendor_limit="~1 message/s per hook (20 changes each)",
+    ),
+    "grafana": TargetBench(
+        target={"type": "grafana", "url": "{url}", "token": GRAFANA_TOKEN},
+        fake=lambda: FakeGrafana(GRAFANA_TOKEN).start(),
+        ids=grafana_ids,
+        sends=CHANGES,
+        vendor_limit="none documented (self-hosted)",
     ),
 }
 
