@@ -511,11 +511,18 @@ class Deliverer:
                 or stop_after_attempt(attempts)(state)
             )
 
-        answers: list[Outcome] = []
+        # Most first attempts are answered for good: only a retry builds the retry loop (its
+        # set-up costs as much as a small target's request), which starts from this answer.
+        answers: list[Outcome] = [await self._send_once(batch)]
+        if answers[0].verdict is not Verdict.RETRY:
+            return answers[0]
+        calls = 0
 
         async def attempt(part: Batch) -> Outcome:
-            if answers and self._stopping.is_set():
-                return answers[-1]  # stopping: no new request; the last answer stands
+            nonlocal calls
+            calls += 1
+            if calls == 1 or self._stopping.is_set():
+                return answers[-1]  # the first answer; or stopping: no new request
             answers.append(await self._send_once(part))
             return answers[-1]
 
