@@ -4,22 +4,18 @@ what is readable into a new file.
 Why: a truncated copy or a file of other bytes at ``spool.path`` gave a 31-line traceback that
 never named the file, and ``check`` said "ok". The relay now looks at the file's header before
 it opens it for writing, answers in one line naming the file, and never writes to it; the
-operator runs ``statsig-relay spool check`` and ``statsig-relay spool salvage``.
+operator runs ``statsig-relay spool check`` and ``statsig-relay spool salvage``
+(:mod:`relay.spool.salvage`).
 
 Imported by the spool's writer process: standard library only.
 """
 
 from __future__ import annotations
 
-import json
 import sqlite3
-import time
 import urllib.parse
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-
-from .records import DeadRow, NewRow
 
 _MAGIC = b"SQLite format 3\x00"
 _HEADER_BYTES = 100
@@ -82,9 +78,36 @@ def damage_of(exc: sqlite3.DatabaseError) -> str | None:
 
 
 def read_only(path: Path | str) -> sqlite3.Connection:
-    """A connection that cannot change the file (its WAL, if any, is read, not checkpointed)."""
-    uri = f"file:{urllib.parse.quote(str(Path(path).resolve()))}?mode=ro"
-    return sqlite3.connect(uri, uri=True, isolation_level=None)
+    """A connection that cannot change the file. Without a WAL beside it the file is opened as
+    immutable (SQLite then creates no -shm or -wal file next to it either); with one, the WAL
+    is read too (not checkpointed). A database shorter than its header says is read as far as
+    it goes (writable_schema only relaxes that check: the connection is read-only)."""
+    resolved = Path(path).resolve()
+    mode = "mode=ro" if Path(f"{resolved}-wal").exists() else "mode=ro&immutable=1"
+    db = sqlite3.connect(f"file:{urllib.parse.quote(str(resolved))}?{mode}", uri=True)
+    db.isolation_level = None
+    db.execute("PRAGMA writable_schema=ON")
+    return db
+
+
+def quick_check(path: Path) -> str:
+    """SQLite's quick_check of an existing file, read-only: "" when sound, else the damage.
+    It reads every page (about a second per GiB): a spool written into while damaged could
+    lose what it holds."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return ""
+    try:
+        db = read_only(path)
+        try:
+            problems = [row[0] for row in db.execute("PRAGMA quick_check(20)")]
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as exc:
+        return damage_of(exc) or f"SQLite: {exc}"
+    if problems == ["ok"]:
+        return ""
+    more = f" and {len(problems) - 1} more" if len(problems) > 1 else ""
+    return f"SQLite: {problems[0]}{more}"
 
 
 @dataclass(slots=True)
@@ -97,7 +120,6 @@ class Report:
     queued_events: int = 0
     dead_rows: int = 0
     dead_events: int = 0
-    problems: list[str] = field(default_factory=list)
 
     def line(self) -> str:
         if self.damage:
@@ -113,14 +135,11 @@ def check_file(path: Path | str) -> Report:
     report = Report(str(path))
     try:
         verify_header(Path(path))
+        report.damage = quick_check(Path(path))
+        if report.damage:
+            return report
         db = read_only(path)
         try:
-            problems = [row[0] for row in db.execute("PRAGMA quick_check(20)")]
-            if problems != ["ok"]:
-                report.problems = problems
-                more = f" and {len(problems) - 1} more" if len(problems) > 1 else ""
-                report.damage = f"SQLite: {problems[0]}{more}"
-                return report
             for table in ("queue", "dead"):
                 rows, events = db.execute(
                     f"SELECT COUNT(*), COALESCE(SUM(count), 0) FROM {table}"
@@ -136,91 +155,3 @@ def check_file(path: Path | str) -> Report:
     except sqlite3.DatabaseError as exc:
         report.damage = damage_of(exc) or f"SQLite: {exc}"
     return report
-
-
-# -- salvage --------------------------------------------------------------------------------
-_QUEUE = "target, route, body, count, first_received, attempts, last_error"
-_DEAD = "target, route, body, count, first_received, attempts, dead_at, reason"
-_SKIP_LIMIT = 1 << 40  # ids past a damaged stretch are looked for up to this far
-
-
-@dataclass(slots=True)
-class Salvaged:
-    queued_rows: int = 0
-    queued_events: int = 0
-    dead_rows: int = 0
-    dead_events: int = 0
-    unreadable: int = 0  # rows listed by an index or a scan whose record could not be read
-    bad_bodies: int = 0  # rows read whose body is not a JSON array: kept as dead letters
-
-
-def readable_ids(db: sqlite3.Connection, table: str, index: str) -> list[int]:
-    """Every id that the table's index or its own b-tree still lists: each is scanned in id
-    order, and past a damaged stretch the scan starts again further on."""
-    found: set[int] = set()
-    for how in (f"INDEXED BY {index}", "NOT INDEXED"):
-        last, skip = -1, 1
-        while last < _SKIP_LIMIT:
-            try:
-                for (row_id,) in db.execute(
-                    f"SELECT id FROM {table} {how} WHERE id > ? ORDER BY id", (last,)
-                ):
-                    found.add(row_id)
-                    last, skip = row_id, 1
-                break
-            except sqlite3.DatabaseError:
-                last, skip = last + skip, skip * 2
-    return sorted(found)
-
-
-def salvage(source: Path | str, write: Callable[[list[NewRow], list[DeadRow]], None]) -> Salvaged:
-    """Read what is readable of ``source`` (read-only) and hand each row to ``write``."""
-    result = Salvaged()
-    db = read_only(source)
-    try:
-        for row_id in readable_ids(db, "queue", "queue_meta"):
-            try:
-                row = db.execute(f"SELECT {_QUEUE} FROM queue WHERE id = ?", (row_id,)).fetchone()
-            except sqlite3.DatabaseError:
-                row = None
-            if row is None:
-                result.unreadable += 1
-                continue
-            target, route, body, count, first, attempts, error = row
-            if not _json_array(body):
-                result.bad_bodies += 1
-                reason = "salvaged: the body is not readable JSON"
-                now = int(time.time() * 1000)
-                write(
-                    [],
-                    [DeadRow(0, target, route, bytes(body), count, first, attempts, now, reason)],
-                )
-                continue
-            write([NewRow(target, route, bytes(body), count, first, attempts, 0, error)], [])
-            result.queued_rows += 1
-            result.queued_events += count
-        for row_id in readable_ids(db, "dead", "dead_target"):
-            try:
-                row = db.execute(f"SELECT {_DEAD} FROM dead WHERE id = ?", (row_id,)).fetchone()
-            except sqlite3.DatabaseError:
-                row = None
-            if row is None:
-                result.unreadable += 1
-                continue
-            target, route, body, count, first, attempts, dead_at, reason = row
-            write(
-                [],
-                [DeadRow(0, target, route, bytes(body), count, first, attempts, dead_at, reason)],
-            )
-            result.dead_rows += 1
-            result.dead_events += count
-    finally:
-        db.close()
-    return result
-
-
-def _json_array(body: object) -> bool:
-    try:
-        return isinstance(json.loads(bytes(body)), list)  # type: ignore[arg-type]
-    except (ValueError, TypeError):
-        return False

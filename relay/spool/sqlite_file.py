@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .integrity import SpoolDamaged, damage_of, verify_header
+from .integrity import SpoolDamaged, damage_of, quick_check, verify_header
 from .records import DeadRow, NewRow, SpoolStats, TargetDepth
 from .room import PAGE_BYTES, Room
 
@@ -171,7 +171,11 @@ class SpoolFile:
         """Open the file; new rows get ids of at least ``min_next_id`` (a restarted writer must
         not give an id the relay still knows, e.g. one whose deletion it never heard of)."""
         self._path.parent.mkdir(parents=True, exist_ok=True)
-        verify_header(self._path)  # before anything can write to a file that is not a spool
+        # Before anything can write to it: a file that is not a sound spool is left as it is.
+        verify_header(self._path)
+        damage = quick_check(self._path)
+        if damage:
+            raise SpoolDamaged(self._path, damage)
         if self._lock:
             self._take_lock()
         try:
