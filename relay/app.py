@@ -183,6 +183,7 @@ class Relay:
         await self.spool.open()
         stack.push_async_callback(self.spool.close)
         self.metrics.spool_limit_bytes.set(getattr(cfg.spool, "max_size", 0))
+        self._watch_spool_room()
         stack.push_async_callback(self._close_targets)  # those in self.targets at that time
         for name, target in build_targets(cfg).items():
             await target.open()
@@ -203,6 +204,15 @@ class Relay:
         self.public_port = await self._listen(
             stack, None, cfg.server.listen, "public", reuse_port=cfg.server.reuse_port
         )
+
+    def _watch_spool_room(self) -> None:
+        """The spool's write gauges are read at each scrape: a full disk shows at once."""
+        spool, m = self.spool, self.metrics
+        m.spool_writable.set_function(lambda: 0.0 if spool.write_problem()[0] else 1.0)
+        for reason in ("size_limit", "disk_full"):
+            m.spool_refusing.labels(reason).set_function(
+                lambda reason=reason: 1.0 if spool.write_problem()[0] == reason else 0.0
+            )
 
     def _start_deliverer(self, target: Target) -> None:
         deliverer = Deliverer(target, self.spool, self.metrics, lambda text: self.redact(text))
@@ -454,8 +464,9 @@ class Relay:
         problems: list[str] = []
         if not self.started:
             problems.append("starting")
-        if self.spool.is_full():
-            problems.append("spool is full")
+        reason, problem = self.spool.write_problem()
+        if reason:
+            problems.append(problem)
         for name, deliverer in self.deliverers.items():
             if not deliverer.running:
                 problems.append(f"target {name}: delivery loop is not running")

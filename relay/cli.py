@@ -60,6 +60,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     dlq.add_argument("--rate", type=float, help="replay: at most N events/s (paced per row)")
     dlq.add_argument("-o", "--output", default="-", help="export: JSON lines file (- = stdout)")
 
+    spool = commands.add_parser(
+        "spool", help="check the SQLite spool file read-only, or salvage a damaged one"
+    )
+    spool.add_argument("action", choices=["check", "salvage"])
+    spool.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="reads only `spool:`")
+    spool.add_argument("--to", metavar="NEW_FILE", help="salvage: the new spool file to write")
+
     status = commands.add_parser(
         "status", help="the running daemon's status (its admin listener's /status.json)"
     )
@@ -87,13 +94,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _status(args)
         if args.command == "dlq":
             return asyncio.run(_dlq(load_spool_section(args.config), args))
+        if args.command == "spool":
+            return _spool(load_spool_section(args.config).spool, args.action, args.to)
         config = load_config(args.config)
     except ConfigError as exc:
         print(f"statsig-relay: config error: {exc}", file=sys.stderr)
         return 2
     if args.command == "check":
         print(routing_table(config))
-        return 0
+        return _spool_report(config.spool)
     return _run(config, args.config)
 
 
@@ -122,6 +131,61 @@ def _run(config: Config, path: str) -> int:
     except OSError as exc:  # e.g. the port is taken
         print(f"statsig-relay: cannot start: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _spool_report(spool: object) -> int:
+    """`check`: the SQLite spool file, read-only (0 when sound or not there yet)."""
+    from .spool.integrity import check_file
+    from .spool.sqlite import SqliteSpoolConfig
+
+    if not isinstance(spool, SqliteSpoolConfig) or not Path(spool.path).is_file():
+        return 0
+    report = check_file(spool.path)
+    print(report.line(), file=sys.stderr if report.damage else sys.stdout)
+    return 1 if report.damage else 0
+
+
+def _spool(spool: object, action: str, to: str | None) -> int:
+    """`spool check` and `spool salvage --to NEW_FILE`; the spool file is only read."""
+    from .spool.integrity import NOT_SQLITE, check_file
+    from .spool.salvage import salvage_into
+    from .spool.sqlite import SqliteSpoolConfig
+
+    if not isinstance(spool, SqliteSpoolConfig):
+        print("statsig-relay: `spool` commands are for the sqlite backend", file=sys.stderr)
+        return 2
+    path = spool.path
+    if not Path(path).is_file():
+        print(f"statsig-relay: spool file {path} does not exist", file=sys.stderr)
+        return 1
+    report = check_file(path)
+    if action == "check":
+        print(report.line(), file=sys.stderr if report.damage else sys.stdout)
+        return 1 if report.damage else 0
+    if not to:
+        print("statsig-relay: salvage needs --to NEW_FILE", file=sys.stderr)
+        return 2
+    if report.damage == NOT_SQLITE:
+        print(f"statsig-relay: spool {path} is {NOT_SQLITE}: nothing to salvage", file=sys.stderr)
+        return 1
+    try:
+        got = salvage_into(path, to)
+    except (OSError, RuntimeError) as exc:
+        print(f"statsig-relay: salvage of {path} failed: {exc}", file=sys.stderr)
+        return 1
+    lost = f"; {got.unreadable} rows unreadable" if got.unreadable else ""
+    bad = (
+        f"; {got.bad_bodies} rows with unreadable bodies kept as dead letters"
+        if got.bad_bodies
+        else ""
+    )
+    print(
+        f"salvaged {got.queued_events} events in {got.queued_rows} queued rows and"
+        f" {got.dead_events} dead-lettered in {got.dead_rows} rows from {path} into {to}{lost}"
+        f"{bad}; {path} was left as it is: point spool.path at {to} (or move it into place)"
+        " and start the relay"
+    )
     return 0
 
 

@@ -171,6 +171,18 @@ class RelayMetrics:
         self.spool_limit_bytes = Gauge(
             "relay_spool_limit_bytes", "The spool's configured size limit", registry=r
         )
+        self.spool_writable = Gauge(
+            "relay_spool_writable",
+            "1 while the spool takes new events; 0 while ingest answers 503 (see the reason)",
+            registry=r,
+        )
+        self.spool_refusing = Gauge(
+            "relay_spool_refusing",
+            "1 while the spool refuses new events for this reason: size_limit (spool.max_size)"
+            " or disk_full (no room on the spool's disk; deliveries go on)",
+            ["reason"],
+            registry=r,
+        )
         self.spool_commits = Counter(
             "relay_spool_commit_errors", "Spool writes that failed", registry=r
         )

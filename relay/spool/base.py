@@ -108,6 +108,13 @@ class Spool(ABC):
     def is_full(self) -> bool:
         """True when ingest must refuse new events (over ``max_size``)."""
 
+    def write_problem(self) -> tuple[str, str]:
+        """Why ingest refuses new events now, as (reason for the metric's label, text for
+        /readyz); ("", "") when it takes them."""
+        if self.is_full():
+            return "size_limit", "spool is full (over spool.max_size)"
+        return "", ""
+
     @abstractmethod
     async def enqueue(
         self, rows: Sequence[NewRow], state_keys: Sequence[tuple[str, int]] = ()

@@ -30,7 +30,7 @@ from .due import DueIndex, QueuedRow
 from .file_host import FileHost, ProcessHost, ThreadHost
 from .records import DeadRow, NewRow, SpoolRow, SpoolStats
 from .rows import merge_rows
-from .sqlite_file import Opened, Write
+from .sqlite_file import Committed, Opened, Write
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 # 8 MiB holds more than a 200 ms linger at 100k events/s; 16 MiB was no faster, only bigger.
 _BODY_CACHE_BYTES = 8 * 1024**2
 _SYNC_SECONDS = 1.0  # how often a claim checks for rows added by another process
+_ROOM_SECONDS = 0.5  # while the disk is full: how often the file side looks for room again
 
 
 @dataclass(kw_only=True)
@@ -71,6 +72,10 @@ class SqliteSpool(Spool):
         self._bodies_size = 0
         self._synced_at = 0.0
         self._max_id = 0  # the highest row id this relay has known (see _take_in)
+        # Why the file side refuses new events ("" = it takes them): the disk is full. Deliveries
+        # go on meanwhile (relay/spool/room.py), and a task looks for room again.
+        self._disk_full = ""
+        self._room_task: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     async def open(self) -> None:
@@ -92,6 +97,7 @@ class SqliteSpool(Spool):
         whose answer was lost with the old writer (an ack): it leaves the schedule, and new
         ids start above every id known here, so no id names two rows."""
         self._bytes = opened.stats.bytes_used
+        self._note_room(opened.full)
         in_file = {row[0] for row in opened.rows}
         self._removed([row_id for row_id in list(self._due.rows) if row_id not in in_file])
         targets = set()
@@ -103,7 +109,35 @@ class SqliteSpool(Spool):
 
     async def close(self) -> None:
         await self._group_commit.idle()
+        if self._room_task is not None:
+            self._room_task.cancel()
+            await asyncio.gather(self._room_task, return_exceptions=True)
+            self._room_task = None
         await self._host.stop()
+
+    def _note_room(self, full: str) -> None:
+        """Take in the file side's word on room; while the disk is full, look again often."""
+        if full and not self._disk_full:
+            logger.error(
+                "spool: the disk of %s is full: new events are answered 503 until there is"
+                " room again; deliveries go on and free it",
+                self.config.path,
+            )
+            if self._room_task is None or self._room_task.done():
+                self._room_task = asyncio.create_task(self._look_for_room(), name="spool-room")
+        elif self._disk_full and not full:
+            logger.warning(
+                "spool: the disk of %s has room again; taking new events", self.config.path
+            )
+        self._disk_full = full
+
+    async def _look_for_room(self) -> None:
+        while self._disk_full:
+            await asyncio.sleep(_ROOM_SECONDS)
+            try:
+                self._note_room(await self._call("room"))
+            except Exception:
+                logger.exception("spool: looking for room on the disk failed")
 
     async def _call(self, operation: str, *args: Any) -> Any:
         """``operation`` on the file; a writer process that died is started again first (its
@@ -118,7 +152,12 @@ class SqliteSpool(Spool):
 
     # -- ingest ----------------------------------------------------------------------------
     def is_full(self) -> bool:
-        return self._bytes >= self.config.max_size
+        return self._bytes >= self.config.max_size or bool(self._disk_full)
+
+    def write_problem(self) -> tuple[str, str]:
+        if self._disk_full:
+            return "disk_full", f"spool is full: the disk of {self.config.path} has no room"
+        return super().write_problem()
 
     async def enqueue(
         self, rows: Sequence[NewRow], state_keys: Sequence[tuple[str, int]] = ()
@@ -127,14 +166,23 @@ class SqliteSpool(Spool):
             return
         if self.is_full():
             raise SpoolFull(f"spool is over its size limit of {self.config.max_size} bytes")
-        await self._group_commit.submit(Write(list(rows), True, list(state_keys)))
+        write = Write(list(rows), True, list(state_keys), ingest=True)
+        await self._group_commit.submit(write)
+        if write.refused:
+            raise SpoolFull(f"the disk of {self.config.path} has no room for new events")
 
     async def _commit_group(self, group: list[Write]) -> None:
-        """One transaction for the group (where the file lives), then the in-memory schedule."""
-        group = _merge_ingest(group)
-        ids = await self._call("write_group", group)
+        """One transaction for the group (where the file lives), then the in-memory schedule.
+        Writes refused for a full disk are marked so; the rest were committed."""
+        group, merged_from = _merge_ingest(group)
+        result: Committed = await self._call("write_group", group)
+        self._note_room(result.full)
+        for index in result.refused:
+            group[index].refused = True
+            for part in merged_from.get(id(group[index]), ()):
+                part.refused = True  # each request learns its events were refused
         try:
-            self._committed(group, ids)
+            self._committed([w for w in group if not w.refused], result.ids)
         except Exception:
             logger.exception("spool: updating the schedule after a commit failed")
 
@@ -301,14 +349,16 @@ class SqliteSpool(Spool):
         return events
 
 
-def _merge_ingest(group: list[Write]) -> list[Write]:
+def _merge_ingest(group: list[Write]) -> tuple[list[Write], dict[int, list[Write]]]:
     """The requests' writes of a group as one, their small rows merged (rows.merge_rows), in
-    the place of the first; the deliverers' writes as they are."""
-    ingest = [w for w in group if w.cache and not (w.delete or w.retry or w.dead)]
+    the place of the first; the deliverers' writes as they are. Also which writes the merged
+    one stands for (by its id), so each request hears whether it was committed."""
+    ingest = [w for w in group if w.ingest]
     if len(ingest) < 2:
-        return group
+        return group, {}
     rows = merge_rows([row for w in ingest for row in w.rows])
-    one = Write(rows, True, [key for w in ingest for key in w.keys])
+    one = Write(rows, True, [key for w in ingest for key in w.keys], ingest=True)
     first = ingest[0]
     taken = {id(w) for w in ingest}
-    return [one if w is first else w for w in group if w is first or id(w) not in taken]
+    merged = [one if w is first else w for w in group if w is first or id(w) not in taken]
+    return merged, {id(one): ingest}

@@ -8,6 +8,7 @@ process boundary as they are.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import sqlite3
@@ -17,7 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .integrity import SpoolDamaged, damage_of, quick_check, verify_header
 from .records import DeadRow, NewRow, SpoolStats, TargetDepth
+from .room import PAGE_BYTES, Room
 
 # AUTOINCREMENT: a dead row's id is what an operator passes to `dlq replay/purge --id`; it must
 # never name another row later (plain INTEGER PRIMARY KEY reuses the highest id once deleted).
@@ -82,6 +85,9 @@ _SELECT_META = (
     "SELECT id, target, route, count, bytes, first_received, attempts, next_attempt FROM queue"
 )
 _MAX_PARAMS = 30_000  # bound parameters per statement (SQLite allows 32766)
+_INCREMENTAL = 2  # PRAGMA auto_vacuum
+_VACUUM_STEPS = 8  # incremental vacuums per room() call
+_VACUUM_COPY_BYTES = 64 * 1024**2  # the most live data a conversion copies in memory
 
 
 @dataclass(slots=True, eq=False)
@@ -96,6 +102,18 @@ class Write:
     next_attempt: int = 0  # of the ``retry`` ids
     error: str = ""
     dead: list[DeadRow] = field(default_factory=list)
+    ingest: bool = False  # new events (refused while the disk is full; the rest never is)
+    refused: bool = False  # set on the relay's side: not written, the disk is full
+
+
+@dataclass(slots=True)
+class Committed:
+    """What a group commit did: the ids given to the written rows (in order), the indexes of
+    the writes refused because the disk is full, and why writes are refused ("" if not)."""
+
+    ids: list[int]
+    refused: list[int]
+    full: str
 
 
 # A second relay still running on the same file gets this long to let go (a restart right after
@@ -110,6 +128,7 @@ class Opened:
 
     rows: list[tuple[Any, ...]]
     stats: SpoolStats
+    full: str = ""  # why ingest is refused ("" when the disk has room)
 
 
 class SpoolFile:
@@ -127,6 +146,8 @@ class SpoolFile:
         # MAX(id) + 1, and a clash makes the one-statement insert fail whole and fall back to
         # the transaction.
         self._next_id = 0
+        self._room: Room | None = None
+        self._full = ""  # why new events are refused: the disk has no room ("" = it has)
 
     def operations(self) -> dict[str, Any]:
         """The calls a writer process serves, by name (the names :class:`FileHost` sends)."""
@@ -142,6 +163,7 @@ class SpoolFile:
             "dead_rows": self.dead_rows,
             "replay_dead": self.replay_dead,
             "purge_dead": self.purge_dead,
+            "room": self.room,
         }
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -149,8 +171,23 @@ class SpoolFile:
         """Open the file; new rows get ids of at least ``min_next_id`` (a restarted writer must
         not give an id the relay still knows, e.g. one whose deletion it never heard of)."""
         self._path.parent.mkdir(parents=True, exist_ok=True)
+        # Before anything can write to it: a file that is not a sound spool is left as it is.
+        verify_header(self._path)
+        damage = quick_check(self._path)
+        if damage:
+            raise SpoolDamaged(self._path, damage)
         if self._lock:
             self._take_lock()
+        try:
+            return self._open(min_next_id)
+        except sqlite3.DatabaseError as exc:
+            self.close()
+            damage = damage_of(exc)
+            if damage is None:
+                raise
+            raise SpoolDamaged(self._path, damage) from None
+
+    def _open(self, min_next_id: int) -> Opened:
         # No statement cache: a cached statement keeps a copy of the blobs last bound to it
         # until it is used again, and multi-row INSERTs of every width 1..n each held their
         # last rows' bodies (+17 MB resident flat out). Compiling each statement anew costs
@@ -158,24 +195,30 @@ class SpoolFile:
         db = sqlite3.connect(
             self._path, isolation_level=None, check_same_thread=False, cached_statements=0
         )
+        self._db = db
+        # A new file gives its free pages back to the filesystem on demand (see room.py); an
+        # older file is converted the first time the disk fills (_give_back).
+        db.execute("PRAGMA auto_vacuum=INCREMENTAL")
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={self._synchronous.upper()}")
         db.execute("PRAGMA busy_timeout=5000")
         # Checkpoint every ~16 MiB of WAL instead of 4: rows live briefly, so pages written and
         # freed within one window are copied to the database once or not at all (bench flat
-        # out: +7% events/s); the file shrinks back to 64 MiB at most after a checkpoint.
-        db.execute("PRAGMA wal_autocheckpoint=4000")
+        # out: +7% events/s); the file shrinks back to 64 MiB at most after a checkpoint. On
+        # a small filesystem, 1/32 of it (room.py: the WAL must never fill the disk).
+        room = self._room = Room(self._path)
+        db.execute(f"PRAGMA wal_autocheckpoint={room.wal_pages}")
         db.execute(f"PRAGMA journal_size_limit={64 * 1024**2}")
         db.executescript(_SCHEMA)
         _migrate_dead_ids(db)
-        self._db = db
+        self._full = "" if room.reserve() else "disk full"
         # Leases are kept in memory (a previous process's claims are due again now); the
         # lease_until column stays for files written by older versions.
         self._data_version = db.execute("PRAGMA data_version").fetchone()[0]
         rows = db.execute(_SELECT_META).fetchall()
         first_free = db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM queue").fetchone()[0]
         self._next_id = max(first_free, min_next_id)
-        return Opened(rows, self.stats())
+        return Opened(rows, self.stats(), self._full)
 
     def _take_lock(self) -> None:
         lock_path = str(self._path) + ".lock"
@@ -210,7 +253,72 @@ class SpoolFile:
         return self._db
 
     # -- writes ----------------------------------------------------------------------------
-    def write_group(self, group: list[Write]) -> list[int]:
+    def write_group(self, group: list[Write]) -> Committed:
+        """Commit the group; while the disk is full, everything but new events (acks,
+        retries, dead letters: what frees or moves rows). A commit that finds the disk full
+        releases the reserve and is tried again without the new events."""
+        refused = [i for i, w in enumerate(group) if w.ingest] if self._full else []
+        try:
+            ids = self._write([w for i, w in enumerate(group) if i not in refused])
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_FULL:
+                raise
+            self._disk_full()
+            refused = [i for i, w in enumerate(group) if w.ingest]
+            ids = self._write([w for i, w in enumerate(group) if i not in refused])
+        return Committed(ids, refused, self._full)
+
+    def _disk_full(self) -> None:
+        """Refuse new events; release the reserve and truncate the WAL, so the checkpoint
+        can grow the database and the deletes that follow have room."""
+        self._full = "disk full"
+        if self._room is not None:
+            self._room.release()
+        with contextlib.suppress(sqlite3.OperationalError):
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
+    def room(self) -> str:
+        """While the disk is full: give free pages back to the filesystem and take new events
+        again once the reserve is allocated anew with a WAL budget to spare. Returns why new
+        events are refused ("" when they are not)."""
+        room = self._room
+        if not self._full or room is None:
+            return self._full
+        with contextlib.suppress(sqlite3.OperationalError):
+            self._give_back(room)
+        if room.can_take_writes() and room.reserve():
+            db = self._conn
+            db.execute(f"PRAGMA wal_autocheckpoint={room.wal_pages}")
+            self._full = ""
+        return self._full
+
+    def _give_back(self, room: Room) -> None:
+        """Hand free pages back to the filesystem, a WAL budget at a time (bounded per call:
+        acks wait behind it)."""
+        db = self._conn
+        if not db.execute("PRAGMA freelist_count").fetchone()[0]:
+            return
+        if db.execute("PRAGMA auto_vacuum").fetchone()[0] == _INCREMENTAL:
+            step = max(1, room.wal_pages // 2)
+            for _ in range(_VACUUM_STEPS):
+                # executescript steps the pragma to the end (execute() frees one page)
+                db.executescript(f"PRAGMA incremental_vacuum({step});")
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                if not db.execute("PRAGMA freelist_count").fetchone()[0]:
+                    break
+            return
+        # A file from before incremental vacuum: convert it once its live pages are few (the
+        # copy is made in memory and written through the WAL).
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+        live_bytes = (pages - db.execute("PRAGMA freelist_count").fetchone()[0]) * PAGE_BYTES
+        if live_bytes <= min(room.free_bytes() // 2, _VACUUM_COPY_BYTES):
+            db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            db.execute("PRAGMA temp_store=MEMORY")
+            db.execute("VACUUM")
+            db.execute("PRAGMA temp_store=DEFAULT")
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
+    def _write(self, group: list[Write]) -> list[int]:
         """One transaction for the whole group, a few statements whatever its size. Returns
         the ids given to the inserted rows, in order.
 
@@ -219,6 +327,8 @@ class SpoolFile:
         this runs on a thread of the relay, each statement also costs a wait for the GIL, up to
         the 5 ms switch interval while the event loop is busy.)
         """
+        if not group:
+            return []
         db = self._conn
         delete = [i for w in group for i in w.delete]
         rows = [r for w in group for r in w.rows]
