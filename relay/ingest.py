@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
@@ -91,7 +91,7 @@ class Ingest:
         received = m.events_received.labels(source.name)
         latency = m.ingest_latency.labels(source.name)
         internal_errors = m.internal_errors.labels(source.name)  # exported at 0 from the start
-        requests = m.requests
+        answered: dict[int, Any] = {}  # status: its counter child (a labels() look-up is dear)
 
         async def handle(request: web.BaseRequest) -> web.StreamResponse:
             started = time.perf_counter()
@@ -108,7 +108,11 @@ class Ingest:
                 logger.exception("source %s: internal error on %s", source.name, request.path)
                 internal_errors.inc()
                 response = error_response(500, "internal error; see the relay's log")
-            requests.labels(source.name, str(response.status)).inc()
+            status = response.status
+            counter = answered.get(status)
+            if counter is None:
+                counter = answered[status] = m.requests.labels(source.name, str(status))
+            counter.inc()
             latency.observe(time.perf_counter() - started)
             return response
 
@@ -263,8 +267,11 @@ class Ingest:
         # ever: a slow client, or a chunked body whose framing breaks after its first chunk
         # (aiohttp's parser then never ends the body it handed us).
         try:
-            async with asyncio.timeout(self.body_timeout):
+            if request.content.is_eof():  # all of it arrived with the head: nothing to wait for
                 body = await request.read()
+            else:
+                async with asyncio.timeout(self.body_timeout):
+                    body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise SourceError(413, f"body is over the {self.max_body} byte limit") from None
         except TimeoutError:

@@ -88,9 +88,8 @@ class SegmentConfig(SourceConfig):
         return [k for k in [*found, *self.write_keys] if k]
 
 
-def basic_user(request: web.BaseRequest) -> str | None:
+def basic_user(header: str) -> str | None:
     """The user part of an HTTP Basic ``Authorization`` header (Segment's write key), or None."""
-    header = request.headers.get("Authorization", "")
     scheme, _, credentials = header.partition(" ")
     if scheme.lower() != "basic" or not credentials:
         return None
@@ -110,6 +109,7 @@ class SegmentSource(Source):
     def __init__(self, name: str, config: SegmentConfig) -> None:
         super().__init__(name, config)
         self._keys = config.keys()
+        self._basic_users: dict[str, str | None] = {}
         self._rename = compile_rename(config.rename)
         self._user_mapping = compile_user_mapping(config.user_mapping, "user_mapping")
         self._as_event = frozenset(c for c in PROFILE_CALLS if getattr(config, c) == "event")
@@ -134,10 +134,21 @@ class SegmentSource(Source):
             return [f"source {self.name!r} accepts any write key: set write_keys"]
         return []
 
+    def _basic_user(self, request: web.BaseRequest) -> str | None:
+        """:func:`basic_user` of the request, remembered per header value: an SDK sends the
+        same header with every call (a few at most, so the memory is bounded)."""
+        header = request.headers.get("Authorization", "")
+        users = self._basic_users
+        if header not in users:
+            if len(users) >= 64:
+                users.clear()
+            users[header] = basic_user(header)
+        return users[header]
+
     def authenticate(self, request: web.BaseRequest, endpoint: Endpoint, body: bytes) -> None:
         if not self._keys:
             return
-        presented = basic_user(request)
+        presented = self._basic_user(request)
         if presented is not None and not key_matches(presented, self._keys):
             raise SourceError(401, "write key does not match")
         # No Basic header: the key may be writeKey in the body, which parse() checks.
@@ -151,7 +162,7 @@ class SegmentSource(Source):
         document = load_json(body)
         if not isinstance(document, dict):
             raise SourceError(400, "expected a JSON object")
-        if self._keys and basic_user(request) is None:
+        if self._keys and self._basic_user(request) is None:
             key = document.get("writeKey")
             if not key_matches(key if isinstance(key, str) else None, self._keys):
                 raise SourceError(
