@@ -105,6 +105,7 @@ SOURCES: dict[str, tuple[str, list[tuple[bytes, bytes]], bytes]] = {
 
 CORRUPT = {
     "gzip": gzip.compress(b'{"a": 1}')[:12] + b"\x00garbage-after-a-valid-header" * 3,
+    "x-gzip": b"[]",  # not gzip at all, though it reads as JSON
     "deflate": b"\x78\x9c" + b"not deflate at all",
     "br": b"\xff\xfe\xfd not brotli",
     "zstd": b"\x28\xb5\x2f\xfd garbage",
@@ -147,6 +148,22 @@ async def test_a_truncated_gzip_stream_is_a_400(relay: Relay) -> None:
     whole = zlib.compress(body)
     deflated = [*creds, (b"Content-Encoding", b"deflate")]
     assert (await raw_post(relay, path, deflated, whole))[0] == 200
+
+
+@pytest.mark.parametrize("source", sorted(SOURCES))
+async def test_x_gzip_is_inflated_like_gzip_and_bounded_by_max_body(
+    relay: Relay, source: str
+) -> None:
+    """aiohttp hands an ``x-gzip`` body over undecoded: the relay inflates it itself."""
+    path, creds, body = SOURCES[source]
+    headers = [*creds, (b"Content-Type", b"application/json"), (b"Content-Encoding", b"x-gzip")]
+    status, reason = await raw_post(relay, path, headers, gzip.compress(body))
+    assert status in (200, 202), reason
+    bomb = gzip.compress(b" " * (relay.config.server.max_body + 10))  # a few KB, inflating past
+    status, reason = await raw_post(relay, path, headers, bomb)
+    assert status == 413 and "byte limit" in reason, reason
+    status, reason = await raw_post(relay, path, headers, gzip.compress(body) + b"trailing")
+    assert status == 400 and "could not decode the x-gzip body" in reason, reason
 
 
 BAD_CREDENTIALS = {
