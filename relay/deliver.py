@@ -44,6 +44,7 @@ from tenacity.wait import wait_random_exponential
 
 from .events import now_ms
 from .health import State, TargetHealth
+from .logs import LogThrottle
 from .metrics import RelayMetrics
 from .spool.base import Spool
 from .spool.records import DeadRow, NewRow, SpoolRow, dead_from
@@ -111,6 +112,7 @@ class Deliverer:
         self._task: asyncio.Task[None] | None = None
         self.last_error = ""
         self._retry_at = 0.0  # epoch s of the next attempt of a batch put back; 0 when none
+        self._claim_failures = LogThrottle()
         self._hold_kind = ""  # why the target is failing (UNAUTHORIZED, …) while it is
         m = metrics
         self._m_delivered = m.events_delivered.labels(self.name)
@@ -224,10 +226,19 @@ class Deliverer:
                 )
                 if rows and cfg.linger > 0 and not probe:
                     rows = await self._linger(rows, wakeup)
-            except Exception:
+            except Exception as exc:
                 self._slots.release()
                 self._probe_done(probe)
-                logger.exception("target %s: claiming from the spool failed", self.name)
+                left_out = self._claim_failures.due()
+                if left_out is not None:  # a store that is down fails every second: one a minute
+                    logger.error(
+                        "target %s: claiming from the spool failed (retrying every %gs; %d more "
+                        "such failures in the last minute)",
+                        self.name,
+                        POLL_SECONDS,
+                        left_out,
+                        exc_info=exc,
+                    )
                 await self._sleep(wakeup, POLL_SECONDS)
                 continue
             if not rows:

@@ -25,6 +25,7 @@ from aiohttp.compression_utils import HAS_BROTLI, HAS_ZSTD
 from aiohttp.web_protocol import RequestPayloadError
 
 from .events import now_ms
+from .logs import LogThrottle
 from .metrics import RelayMetrics
 from .raw import RawEvents
 from .router import Router
@@ -84,6 +85,7 @@ class Ingest:
         self.body_timeout = body_timeout
         self.retry_after = str(max(1, round(retry_after)))
         self._routed = {r.name: metrics.events_routed.labels(r.name) for r in router.routes}
+        self._commit_failures = LogThrottle()
 
     def handler(self, source: Source, endpoint: Endpoint, guard: Guard | None = None) -> Handler:
         """The handler of one endpoint; ``guard`` holds a public source's controls
@@ -182,11 +184,18 @@ class Ingest:
             )
         except RowError:
             raise
-        except Exception:
-            logger.exception(
-                "source %s: could not commit %d events to the spool", source.name, len(events)
-            )
+        except Exception as exc:
             self.metrics.spool_commits.inc()
+            left_out = self._commit_failures.due()
+            if left_out is not None:  # a store that is down fails every request: one a minute
+                logger.error(
+                    "source %s: could not commit %d events to the spool (answered 503; %d more "
+                    "such failures in the last minute, see relay_spool_commit_errors_total)",
+                    source.name,
+                    len(events),
+                    left_out,
+                    exc_info=exc,
+                )
             return error_response(
                 503, "could not store the events; retry later", {"Retry-After": self.retry_after}
             )

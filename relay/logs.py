@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 
 import orjson
 
@@ -33,3 +34,25 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+class LogThrottle:
+    """At most one log line per ``interval_s`` for a failure that repeats (a store that is
+    down fails every request and every claim): :meth:`due` says whether to log now and how
+    many were left out since the last line."""
+
+    def __init__(self, interval_s: float = 60.0, clock: Callable[[], float] = time.monotonic):
+        self.interval_s = interval_s
+        self.clock = clock
+        self._next = float("-inf")
+        self._suppressed = 0
+
+    def due(self) -> int | None:
+        """None: stay quiet (counted); else log, mentioning the returned number left out."""
+        now = self.clock()
+        if now < self._next:
+            self._suppressed += 1
+            return None
+        self._next = now + self.interval_s
+        suppressed, self._suppressed = self._suppressed, 0
+        return suppressed

@@ -320,6 +320,12 @@ async def test_redis_killed_and_restarted_under_load_loses_nothing_and_never_ans
             assert set(sender.statuses) <= {200, 503}, sender.statuses
             assert sender.retry_after_missing == 0
             assert daemon.running()
+            # The outage is told once a minute, not once per refused request or per claim.
+            log = daemon.log_text()
+            commits = log.count("could not commit")
+            assert 1 <= commits <= 2 < sender.statuses[503], (commits, sender.statuses)
+            assert log.count("claiming from the spool failed") <= 2
+            assert log.count("Traceback") <= 4
 
 
 # -- Redis unreachable at start-up ----------------------------------------------------------------
