@@ -491,6 +491,9 @@ class Deliverer:
         if retry:
             wait = max((named[i].retry_after or 0.0 for i in retry), default=0.0)
             first = named[retry[0]]
+            if not self.health.failing:  # as for a batch-level retry: counts toward failing
+                self._hold_kind = UNREACHABLE
+            self.health.transient(first.reason or outcome.reason)
             result.retry.append(
                 (batch.subset(retry), Outcome(Verdict.RETRY, first.reason, wait or None))
             )
