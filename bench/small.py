@@ -348,6 +348,7 @@ def run_once(
             "delivered": delivered,
             "expected": round(expected),
             "drained": drained,
+            "loadavg_1m": round(loadavg_before[0], 2),
         },
         "wrk": {**wrk, "cmd": shlex.join(wrk_cmd), "cpu_s": round(wrk_cpu, 2)},
         "system_info": {**info, "alive_after_drain": alive, "log_tail": log_tail},
@@ -372,6 +373,7 @@ COLUMNS = (
     ("CPU µs/request", "cpu_us_per_request", "{:,.0f}"),
     ("p99 ms", "p99_ms", "{:,.1f}"),
     ("peak RSS MB", "peak_rss_mb", "{:,.0f}"),
+    ("load avg before", "loadavg_1m", "{:.1f}"),
 )
 
 
