@@ -7,6 +7,11 @@ starts it again on the same spool, and waits (bounded) until a recording sink ho
 acknowledged event the route keeps. Duplicates are allowed (at-least-once) and counted.
 
     .venv/bin/python bench/kill9.py --load 8 --kill-after 4
+    .venv/bin/python bench/kill9.py --shape small --workers 64   # one Segment track call a request
+
+``--shape small`` posts the small-request shape instead (bench/small.py's relay config): one
+Segment ``track`` call per request to the ``segment`` source, each with its own ``messageId``
+and the same id in ``properties.bench_id``, which the sink reads back from ``metadata.bench_id``.
 
 Exit code 0 when nothing acknowledged is missing, 1 otherwise, 2 when a step failed. Loopback
 only; every loop is bounded in count and time; it stops only the processes it started.
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import os
 import random
@@ -24,7 +30,10 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
@@ -35,17 +44,23 @@ sys.path.insert(0, str(BENCH_DIR))
 
 from loadgen import FILTERED_EVENT, MIX, make_event, sign  # noqa: E402
 from run import DEFAULT_CONFIG, BenchError, free_port, render_config  # noqa: E402
+from small import RELAY_CONFIG as SMALL_CONFIG  # noqa: E402
+from small import WRITE_KEY  # noqa: E402
+
+# One request: its body, its headers and the ids of the events the route keeps.
+Request = tuple[bytes, dict[str, str], list[str]]
 
 
 class Recorder:
-    """The fake target: answers 200 and remembers every timeUUID it was sent."""
+    """The fake target: answers 200 and remembers every event id it was sent."""
 
-    def __init__(self) -> None:
+    def __init__(self, event_id: Callable[[dict[str, Any]], str]) -> None:
         self.seen: dict[str, int] = {}
+        self.event_id = event_id
 
     async def handle(self, request: web.Request) -> web.Response:
         for event in orjson.loads(await request.read()):
-            key = event.get("timeUUID", "")
+            key = self.event_id(event)
             self.seen[key] = self.seen.get(key, 0) + 1
         return web.Response(text="ok")
 
@@ -63,12 +78,43 @@ def batch(rng: random.Random, tag: str, size: int) -> tuple[bytes, list[str]]:
     return orjson.dumps(events), kept
 
 
+def signed_batch(secret: bytes, size: int) -> Callable[[random.Random, str], Request]:
+    """The batch shape: ``size`` events in a signed Statsig webhook body."""
+
+    def make(rng: random.Random, tag: str) -> Request:
+        body, kept = batch(rng, tag, size)
+        ts = str(int(time.time() * 1000))
+        headers = {
+            "Content-Type": "application/json",
+            "X-Statsig-Request-Timestamp": ts,
+            "X-Statsig-Signature": sign(secret, ts.encode(), body),
+        }
+        return body, headers, kept
+
+    return make
+
+
+def track_call(rng: random.Random, tag: str) -> Request:
+    """The small shape: one Segment track call (as bench/small-track.lua), its id twice."""
+    body = {
+        "type": "track",
+        "event": "Order Completed",
+        "userId": f"user-{rng.randrange(50_000)}",
+        "messageId": tag,
+        "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "properties": {"revenue": 24.5, "currency": "EUR", "bench_id": tag},
+        "context": {"library": {"name": "analytics.js", "version": "2.11.1"}},
+    }
+    auth = base64.b64encode(f"{WRITE_KEY}:".encode()).decode()
+    headers = {"Content-Type": "application/json", "Authorization": f"Basic {auth}"}
+    return orjson.dumps(body), headers, [tag]
+
+
 async def load(
     url: str,
-    secret: bytes,
+    make_request: Callable[[random.Random, str], Request],
     seconds: float,
     workers: int,
-    size: int,
     acknowledged: set[str],
     stop: asyncio.Event,
 ) -> int:
@@ -83,13 +129,7 @@ async def load(
             for r in range(100_000):  # bounded; the deadline or the kill ends it sooner
                 if stop.is_set() or time.monotonic() > deadline:
                     return
-                body, kept = batch(rng, f"w{n}-r{r}", size)
-                ts = str(int(time.time() * 1000))
-                headers = {
-                    "Content-Type": "application/json",
-                    "X-Statsig-Request-Timestamp": ts,
-                    "X-Statsig-Signature": sign(secret, ts.encode(), body),
-                }
+                body, headers, kept = make_request(rng, f"w{n}-r{r}")
                 try:
                     async with session.post(url, data=body, headers=headers) as resp:
                         await resp.read()
@@ -120,7 +160,12 @@ async def wait_ready(url: str, timeout: float) -> None:
 
 
 async def main(args: argparse.Namespace) -> int:
-    recorder = Recorder()
+    small = args.shape == "small"
+    recorder = Recorder(
+        (lambda e: (e.get("metadata") or {}).get("bench_id", ""))
+        if small
+        else (lambda e: e.get("timeUUID", ""))
+    )
     app = web.Application(client_max_size=64 * 1024**2)
     app.router.add_post("/ingest", recorder.handle)
     runner = web.AppRunner(app, access_log=None)
@@ -130,23 +175,24 @@ async def main(args: argparse.Namespace) -> int:
     secret = secrets.token_hex(16)
     tmp = Path(tempfile.mkdtemp(prefix="relay-kill9-"))
     config = tmp / "relay.yaml"
-    config.write_text(
-        render_config(
-            DEFAULT_CONFIG,
-            {
-                "listen": f"127.0.0.1:{port}",
-                "admin_listen": f"127.0.0.1:{admin_port}",
-                "tmpdir": str(tmp),
-                "secret": secret,
-                "webhook_path": "/webhooks/statsig",
-                "sink_url": f"http://127.0.0.1:{sink_port}/ingest",
-                "synchronous": "full",  # fsync every commit: what an acknowledgement promises
-            },
-        )
-    )
+    values = {
+        "listen": f"127.0.0.1:{port}",
+        "admin_listen": f"127.0.0.1:{admin_port}",
+        "tmpdir": str(tmp),
+        "secret": secret,
+        "webhook_path": "/webhooks/statsig",
+        "sink_url": f"http://127.0.0.1:{sink_port}/ingest",
+        "synchronous": "full",  # fsync every commit: what an acknowledgement promises
+        "write_key": WRITE_KEY,
+        "client_key": "client-bench",
+        "origin": "https://shop.example.com",
+    }
+    config.write_text(render_config(SMALL_CONFIG if small else DEFAULT_CONFIG, values))
     relay_cmd = [sys.executable, "-m", "relay", "run", "-c", str(config)]
     ready = f"http://127.0.0.1:{admin_port}/readyz"
-    url = f"http://127.0.0.1:{port}/webhooks/statsig"
+    path = "/segment/v1/track" if small else "/webhooks/statsig"
+    url = f"http://127.0.0.1:{port}{path}"
+    make_request = track_call if small else signed_batch(secret.encode(), args.events)
     acknowledged: set[str] = set()
     procs: list[asyncio.subprocess.Process] = []
 
@@ -164,7 +210,7 @@ async def main(args: argparse.Namespace) -> int:
         relay = await start_relay()
         stop = asyncio.Event()
         loading = asyncio.create_task(
-            load(url, secret.encode(), args.load, args.workers, args.events, acknowledged, stop)
+            load(url, make_request, args.load, args.workers, acknowledged, stop)
         )
         await asyncio.sleep(args.kill_after)
         before = len(acknowledged)
@@ -213,10 +259,16 @@ def with_suppress_kill(pid: int, sig: int) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--shape",
+        choices=("batch", "small"),
+        default="batch",
+        help="batch: signed webhook batches; small: one Segment track call a request",
+    )
     p.add_argument("--load", type=float, default=8.0, help="load seconds (max 60)")
     p.add_argument("--kill-after", type=float, default=4.0, help="SIGKILL after this many s")
     p.add_argument("--workers", type=int, default=16, help="concurrent senders")
-    p.add_argument("--events", type=int, default=100, help="events per request")
+    p.add_argument("--events", type=int, default=100, help="events per request (batch shape)")
     p.add_argument("--drain-timeout", type=float, default=60.0)
     p.add_argument("--keep-tmp", action="store_true")
     args = p.parse_args(argv)

@@ -54,9 +54,14 @@ class Stats:
         }
 
 
-def count_events(doc: Any) -> int:
-    """Events in one parsed body: a bare array, an object with an event list, or one event."""
+def count_events(doc: Any, inner: bool = False) -> int:
+    """Events in one parsed body: a bare array, an object with an event list, or one event.
+
+    ``inner``: an array's records that hold an event list count as its events (Fluent Bit
+    forwards each @statsig/js-client request, ``{"events": [...]}``, as one record)."""
     if isinstance(doc, list):
+        if inner:
+            return sum(count_events(record) for record in doc)
         return len(doc)
     if isinstance(doc, dict):
         for key in EVENT_LIST_KEYS:
@@ -70,7 +75,7 @@ def count_events(doc: Any) -> int:
 _OK = b'{"success":true}'
 
 
-def make_handler(stats: Stats) -> Any:
+def make_handler(stats: Stats, inner: bool = False) -> Any:
     """Build the single request handler (closure over ``stats``: no attribute look-ups)."""
 
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
@@ -88,7 +93,7 @@ def make_handler(stats: Stats) -> Any:
                 )
             now = time.time()
             stats.requests += 1
-            stats.events += count_events(doc)
+            stats.events += count_events(doc, inner)
             stats.bytes += len(body)
             if stats.first_ts is None:
                 stats.first_ts = now
@@ -103,10 +108,10 @@ def make_handler(stats: Stats) -> Any:
     return handle
 
 
-async def serve(host: str, port: int) -> None:
+async def serve(host: str, port: int, inner: bool = False) -> None:
     """Serve until SIGTERM or SIGINT."""
     stats = Stats()
-    server = web.Server(make_handler(stats), access_log=None)
+    server = web.Server(make_handler(stats, inner), access_log=None)
     runner = web.ServerRunner(server, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=1024)
@@ -139,11 +144,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1", help="loopback address to bind")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument(
+        "--count-inner-events",
+        action="store_true",
+        help='in an array body, count a record holding {"events": [...]} as its events',
+    )
     args = parser.parse_args(argv)
     if args.host not in LOOPBACK_HOSTS:
         parser.error(f"--host must be loopback ({', '.join(sorted(LOOPBACK_HOSTS))})")
     with contextlib.suppress(KeyboardInterrupt):
-        run(serve(args.host, args.port))
+        run(serve(args.host, args.port, args.count_inner_events))
     return 0
 
 
