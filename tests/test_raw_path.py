@@ -20,7 +20,7 @@ from relay.app import Relay
 from relay.config import parse_config
 from relay.events import MAX_NESTING
 from relay.raw import _BODY, MAX_MS, MIN_MS, _shallow, decode_exports
-from relay.sources.base import nesting_problem
+from relay.sources.base import event_problem
 from relay.sources.statsig_webhook import normalise_export
 from relay.spool.rows import build_row
 from relay.targets.base import Batch
@@ -336,7 +336,7 @@ def test_long_events_take_the_whole_body_path_unless_they_may_nest_too_deep() ->
     rejected: list[tuple[int, str]] = []
     raw = decode_exports(  # the source's check, as in StatsigWebhookSource.parse_raw
         body,
-        lambda e: nesting_problem(e) or normalise_export(e, NOW),
+        lambda e: event_problem(e) or normalise_export(e, NOW),
         lambda i, r: rejected.append((i, r)),
     )
     assert raw is not None and [i for i, _ in rejected] == [0]

@@ -40,10 +40,9 @@ from .base import (
     Source,
     SourceConfig,
     SourceError,
+    event_problem,
     key_matches,
     load_json,
-    may_nest_too_deep,
-    nesting_problem,
 )
 
 CALLS = ("track", "page", "screen", "identify", "group", "alias")
@@ -148,7 +147,7 @@ class SegmentSource(Source):
         limit = self.config.max_batch_size if endpoint.kind == "batch" else None
         if limit is not None and len(body) > limit:
             raise SourceError(400, f"batch of {len(body)} bytes is over the {limit} byte limit")
-        document = load_json(body)
+        document, deep = load_json(body)
         if not isinstance(document, dict):
             raise SourceError(400, "expected a JSON object")
         if self._keys and basic_user(request) is None:
@@ -157,7 +156,6 @@ class SegmentSource(Source):
                 raise SourceError(
                     401, "missing or wrong write key: send it as the HTTP Basic user or writeKey"
                 )
-        deep = may_nest_too_deep(body)
         return self.parse_document(document, endpoint.kind, received_ms, len(body), deep)
 
     def parse_document(
@@ -180,7 +178,7 @@ class SegmentSource(Source):
                     "too_large",
                 )
             problem = (
-                (nesting_problem(document) if deep else None)
+                (event_problem(document) if deep else None)
                 or _wrong_typed(document)
                 or self._add(parsed, document, kind, None, received_ms)
             )
@@ -215,7 +213,7 @@ class SegmentSource(Source):
                 own = item.get("context")
                 context = {**shared_context, **own} if isinstance(own, dict) else shared_context
                 item = {**item, "context": context}
-            if deep and (problem := nesting_problem(item)) is not None:
+            if deep and (problem := event_problem(item)) is not None:
                 parsed.reject(index, problem)
                 continue
             if check_size and len(orjson.dumps(item)) > max_message:

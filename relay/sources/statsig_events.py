@@ -46,10 +46,9 @@ from .base import (
     Source,
     SourceConfig,
     SourceError,
+    event_problem,
     key_matches,
     load_json,
-    may_nest_too_deep,
-    nesting_problem,
 )
 
 KEY_HEADER = "statsig-api-key"
@@ -128,8 +127,7 @@ class StatsigEventsSource(Source):
             body = _gunzip(body)
         if query.get(ENCODED_QUERY) == "1":
             body = _unreverse_base64(body)
-        document = load_json(body)
-        deep = may_nest_too_deep(body)
+        document, deep = load_json(body)
         if endpoint.kind == EVENT_WEBHOOK:
             if isinstance(document, dict):
                 items = [document]
@@ -178,13 +176,13 @@ def _parse_items(
     webhook: bool,
     deep: bool,
 ) -> Parsed:
-    """``deep``: the body may nest too deep (relay/sources/base.py), check each event."""
+    """``deep``: check each event (relay/sources/base.py ``load_json``)."""
     parsed = Parsed()
     events = parsed.events
     for index, item in enumerate(items):
-        problem = normalise_sdk_event(item, received_ms, shared_user, webhook)
-        if problem is None and deep:
-            problem = nesting_problem(item)
+        problem = (deep and event_problem(item)) or normalise_sdk_event(
+            item, received_ms, shared_user, webhook
+        )
         if problem is None:
             events.append(item)
         else:

@@ -36,10 +36,10 @@ from .base import (
     Source,
     SourceConfig,
     SourceError,
+    event_problem,
     header_bytes,
     load_json,
     may_nest_too_deep,
-    nesting_problem,
 )
 
 logger = logging.getLogger(__name__)
@@ -153,7 +153,7 @@ class StatsigWebhookSource(Source):
         def normalise(item: Any) -> str | None:
             if not deep:
                 deep.append(may_nest_too_deep(body))
-            return (deep[0] and nesting_problem(item)) or normalise_export(item, received_ms)
+            return (deep[0] and event_problem(item)) or normalise_export(item, received_ms)
 
         raw = decode_exports(body, normalise, parsed.reject)
         if raw is None:
@@ -166,7 +166,7 @@ class StatsigWebhookSource(Source):
     def parse(
         self, request: web.Request, endpoint: Endpoint, body: bytes, received_ms: int
     ) -> Parsed:
-        document = load_json(body)
+        document, check_each = load_json(body)
         handshake = url_verification(document)
         if handshake is not None:
             code = handshake.get("verification_code")
@@ -191,9 +191,8 @@ class StatsigWebhookSource(Source):
         parsed = Parsed()
         events = parsed.events
         exposures = _EXPOSURE_NAMES
-        deep = may_nest_too_deep(body)
         for index, item in enumerate(items):
-            if deep and (problem := nesting_problem(item)) is not None:
+            if check_each and (problem := event_problem(item)) is not None:
                 parsed.reject(index, problem)
                 continue
             # Fast path for an event normalise_export would leave as it is (most of them): the
