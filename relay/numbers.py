@@ -10,15 +10,16 @@ them as written. ``-0`` and numbers that underflow to zero (``1e-400``) are kept
 orjson refuses a whole body that holds such a number; :func:`load_marking` then reads the body
 again with Python's parser, putting an :class:`Unrepresentable` where each such number was, so
 the source can refuse just the events that hold one (:func:`unrepresentable_at`). The raw path
-(relay/raw.py) asks :func:`may_hold_unrepresentable` per body: cheap, never wrong in the
-direction that matters (a body it passes holds none), and a body it flags takes the dict path.
+(relay/raw.py) asks :class:`NumberScreen` per body: cheap, never wrong in the direction that
+matters (a body it passes holds none), and a body it flags takes the dict path.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
+
+import simdjson
 
 # orjson's message for a number beyond a double (integers included).
 ORJSON_OUT_OF_RANGE = "number is infinity"
@@ -93,27 +94,25 @@ def unrepresentable_at(value: Any, path: str = "") -> str | None:
     return None
 
 
-# The raw path's screen, on the body with digits as '0', e/E as 'e', the bytes that end a
-# number (, } ] and whitespace) as ',', '+' deleted and everything else as 'x'. A number beyond
-# a double has either an exponent of three or more digits (1e400, 1E+0400) or, with an
-# exponent of two digits or less, over 200 digits before its point. Strings can look the same
-# ("e123 "); such a body only takes the slower dict path, which decides exactly.
-_CLASSES = bytearray(b"x" * 256)
-for _byte in b"0123456789":
-    _CLASSES[_byte] = ord("0")
-for _byte in b"eE":
-    _CLASSES[_byte] = ord("e")
-for _byte in b",}] \t\r\n":
-    _CLASSES[_byte] = ord(",")
-_NUMBER_CLASSES = bytes(_CLASSES)
-_LONG_DIGITS = b"0" * 200  # long enough for the two-way search; shorter needles scan slowly
-# A literal prefix ("e000"): re scans for it quickly; hexadecimal IDs in strings match the
-# prefix often, but then fail at once on the end byte.
-_BIG_EXPONENT = re.compile(rb"e000+,")
+class NumberScreen:
+    """The raw path's per-body question: may ``body`` hold a number beyond a double?
 
+    simdjson (pysimdjson) parses the body into its own tape, builds no Python objects, and
+    refuses any number it cannot hold as a 64-bit integer or a double: ~0.5 ns per byte, a
+    third of what a pure-Python screen (a translate into character classes and a regex) cost
+    here. It also refuses integers from 2**64 to 1e308, which are kept: such a body only takes
+    the dict path, which decides exactly. A parser reuses its buffer; one per source, used on
+    the event loop only.
+    """
 
-def may_hold_unrepresentable(body: bytes) -> bool:
-    """False when no number in ``body`` (JSON) can be beyond a double's range; True when one
-    may be (then parse it on the dict path, which finds out exactly)."""
-    classes = body.translate(_NUMBER_CLASSES, b"+")
-    return _LONG_DIGITS in classes or _BIG_EXPONENT.search(classes) is not None
+    def __init__(self) -> None:
+        self._parser = simdjson.Parser()
+
+    def may_hold_unrepresentable(self, body: bytes) -> bool:
+        """False when every number in ``body`` (JSON) fits; True when one may not (or simdjson
+        doubts the body for another reason: then the dict path decides too)."""
+        try:
+            self._parser.parse(body)  # the document proxy is dropped at once
+        except Exception:  # NUMBER_ERROR, BIGINT_ERROR, or anything else simdjson refuses
+            return True
+        return False

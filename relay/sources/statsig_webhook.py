@@ -27,6 +27,7 @@ from ..events import (
     category_of,
     to_epoch_ms,
 )
+from ..numbers import NumberScreen
 from ..raw import decode_exports
 from ..schema import ConfigError, Duration
 from ..schema import secret as secret_field
@@ -100,6 +101,7 @@ class StatsigWebhookSource(Source):
         self._require = (
             bool(self._secrets) if config.require_signature is None else (config.require_signature)
         )
+        self._numbers = NumberScreen()  # the raw path's per-body check (relay/numbers.py)
 
     def endpoints(self) -> list[Endpoint]:
         return [Endpoint(self.config.path)]
@@ -155,7 +157,7 @@ class StatsigWebhookSource(Source):
                 deep.append(may_nest_too_deep(body))
             return (deep[0] and event_problem(item)) or normalise_export(item, received_ms)
 
-        raw = decode_exports(body, normalise, parsed.reject)
+        raw = decode_exports(body, normalise, parsed.reject, self._numbers)
         if raw is None:
             return None
         if parsed.error_count and b"url_verification" in body:
