@@ -176,13 +176,17 @@ def _parse_items(
     webhook: bool,
     deep: bool,
 ) -> Parsed:
-    """``deep``: check each event (relay/sources/base.py ``load_json``)."""
+    """``deep``: check each event (relay/sources/base.py ``load_json``), and the shared
+    ``user`` once: an event that takes it takes its problem too."""
     parsed = Parsed()
     events = parsed.events
+    shared_problem = event_problem(shared_user) if deep and shared_user is not None else None
     for index, item in enumerate(items):
         problem = (deep and event_problem(item)) or normalise_sdk_event(
             item, received_ms, shared_user, webhook
         )
+        if problem is None and shared_problem and item.get("user") is shared_user:
+            problem = f"user (the request's): {shared_problem}"
         if problem is None:
             events.append(item)
         else:
