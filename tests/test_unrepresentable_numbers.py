@@ -202,22 +202,28 @@ def test_the_raw_screen_passes_export_bodies_and_flags_every_spelling() -> None:
             assert screen.may_hold_unrepresentable(body), body
 
 
-async def test_a_shared_user_beyond_a_double_refuses_the_events_that_take_it(
+async def test_a_request_level_part_beyond_a_double_refuses_the_request(
     relay_factory: RelayFactory, sink: FakeTarget
 ) -> None:
+    """A Segment batch's ``context`` and a log_event request's ``user`` are every event's: a
+    number in them no target can carry is a 400 naming it, as for a malformed body."""
     relay = await relay_factory(config(sink.url, True))
     events = [
         {"eventName": "own_user", "user": {"userID": "u1"}, "time": GOOD_MS},
         {"eventName": "shared_user", "time": GOOD_MS},
     ]
-    body = with_number(
-        {"events": events, "user": {"userID": "u2", "custom": {"n": "<number>"}}}, "1e400"
-    )
+    shared = {"userID": "u2", "custom": {"n": "<number>"}}
+    body = with_number({"events": events, "user": shared}, "1e400")
     status, answer = await post_json(relay, "/statsig/v1/rgstr", body, {"statsig-api-key": SDK_KEY})
-    assert status == 202 and answer["rejected"] == 1, answer
-    assert answer["errors"] == [
-        "event 1: user (the request's): custom.n: 1e400 is beyond the range of a double "
-        "(about ±1.8e308)"
-    ]
-    await sink.wait_for(lambda: [e["eventName"] for e in sink.events()] == ["own_user"])
+    assert status == 400, answer
+    assert answer["error"] == (
+        "user.custom.n: 1e400 is beyond the range of a double (about ±1.8e308)"
+    )
+    message = {"type": "track", "event": "e", "userId": "u"}
+    body = with_number(
+        {"batch": [message], "context": {"n": "<number>"}, "writeKey": SEGMENT_KEY}, HUGE_INT
+    )
+    status, answer = await post_json(relay, "/segment/v1/batch", body)
+    assert status == 400 and answer["error"].startswith("context.n: an integer of 400"), answer
     assert metric(relay, "relay_internal_errors_total", source="sdk") == 0
+    assert not sink.events()

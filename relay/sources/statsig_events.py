@@ -39,6 +39,7 @@ import orjson
 from aiohttp import web
 
 from ..events import MAX_MS, MIN_MS, Event, to_epoch_ms
+from ..numbers import unrepresentable_at
 from ..schema import ConfigError, secret
 from .base import (
     Endpoint,
@@ -176,17 +177,19 @@ def _parse_items(
     webhook: bool,
     deep: bool,
 ) -> Parsed:
-    """``deep``: check each event (relay/sources/base.py ``load_json``), and the shared
-    ``user`` once: an event that takes it takes its problem too."""
+    """``deep``: check each event (relay/sources/base.py ``load_json``)."""
     parsed = Parsed()
     events = parsed.events
-    shared_problem = event_problem(shared_user) if deep and shared_user is not None else None
+    if deep and shared_user is not None:
+        # The request's user is every event's that has none: a number in it that no target
+        # can carry refuses the request, as a malformed body would be.
+        problem = unrepresentable_at(shared_user, "user")
+        if problem is not None:
+            raise SourceError(400, problem)
     for index, item in enumerate(items):
         problem = (deep and event_problem(item)) or normalise_sdk_event(
             item, received_ms, shared_user, webhook
         )
-        if problem is None and shared_problem and item.get("user") is shared_user:
-            problem = f"user (the request's): {shared_problem}"
         if problem is None:
             events.append(item)
         else:
