@@ -86,7 +86,11 @@ def build_sources(config: Config) -> dict[str, Source]:
 
 
 def compile_routes(config: Config, targets: dict[str, Target]) -> list[CompiledRoute]:
-    return [CompiledRoute(route, targets[route.to].accepts) for route in config.routes]
+    return [
+        CompiledRoute(route, target.accepts, target.takes_statsig_internal)
+        for route in config.routes
+        for target in [targets[route.to]]
+    ]
 
 
 class Relay:

@@ -235,6 +235,15 @@ def routing_table(config: Config) -> str:
             parts.append("dedup")
         how = "; ".join(parts) or "everything"
         lines.append(f"  {route.name}: {', '.join(route.sources)} -> {route.to} ({how})")
+        target = targets[route.to]
+        named = flt.names_internal()
+        if not target.takes_statsig_internal and (named is None or named):
+            which = "every statsig_internal event" if named is None else ", ".join(sorted(named))
+            lines.append(
+                f"    warning: forwards Statsig-internal events ({which}) to a {target.kind} "
+                "target; SDK diagnostics hold the server's config URL, key included "
+                "(secret-… keys are redacted)"
+            )
     return "\n".join(lines)
 
 

@@ -28,6 +28,7 @@ from .events import now_ms
 from .logs import LogThrottle
 from .metrics import RelayMetrics
 from .raw import RawEvents
+from .redact import redact_secrets
 from .router import Router
 from .sources.base import Endpoint, Parsed, Source, SourceError
 from .spool.base import Spool, SpoolFull
@@ -86,6 +87,11 @@ class Ingest:
         self.retry_after = str(max(1, round(retry_after)))
         self._routed = {r.name: metrics.events_routed.labels(r.name) for r in router.routes}
         self._commit_failures = LogThrottle()
+        self._redacted = {
+            r.name: metrics.secrets_redacted.labels(r.name)
+            for r in router.routes
+            if not r.to_statsig
+        }
 
     def handler(self, source: Source, endpoint: Endpoint, guard: Guard | None = None) -> Handler:
         """The handler of one endpoint; ``guard`` holds a public source's controls
@@ -250,9 +256,14 @@ class Ingest:
                     continue
             new_name = route.new_name if route.renames else None
             try:
-                rows.append(build_row(route.target, route.name, events, picked, now, new_name))
+                row = build_row(route.target, route.name, events, picked, now, new_name)
             except Exception as exc:
                 raise RowError(f"route {route.name}: {exc}") from exc
+            if not route.to_statsig:  # a server secret goes to Statsig only (relay/redact.py)
+                row.body, redacted = redact_secrets(row.body)
+                if redacted:
+                    self._redacted[route.name].inc(redacted)
+            rows.append(row)
             self._routed[route.name].inc(len(picked))
         return rows
 

@@ -79,8 +79,14 @@ class RelayMetrics:
         self.events_dropped = Counter(
             "relay_events_dropped",
             "Events a route matched but deliberately dropped (dedup, first_exposure, "
-            "unsupported_by_target)",
+            "unsupported_by_target, statsig_internal)",
             ["route", "reason"],
+            registry=r,
+        )
+        self.secrets_redacted = Counter(
+            "relay_secrets_redacted",
+            "Statsig server secrets (secret-…) replaced in events bound for a non-Statsig target",
+            ["route"],
             registry=r,
         )
         # -- delivery

@@ -24,6 +24,7 @@ import msgspec
 import orjson
 
 from .events import EXPOSURE_CATEGORIES, MAX_MS, MAX_NESTING, MIN_MS, Event, category_of
+from .numbers import NumberScreen
 
 # Timestamps the raw path keeps as they are: epoch ms strictly between MIN_MS and MAX_MS
 # (relay/events.py; the edges go to the dict path, whichever way it treats them). Anything
@@ -155,10 +156,10 @@ class RawEvents:
 
 
 def lenient_loads(data: bytes | memoryview) -> Any:
-    """JSON orjson refuses although it is valid: the raw path keeps numbers out of a double's
-    range (``1e400``) as sent, which the dict path refused at ingest. Python's parser reads them
-    (as inf, which orjson writes as null); integers beyond 64 bits become floats, as orjson
-    reads them."""
+    """JSON orjson refuses although it is valid: numbers out of a double's range (``1e400``),
+    which ingest refuses now but rows stored by older versions may hold. Python's parser reads
+    them (as inf, which orjson writes as null); integers beyond 64 bits become floats, as
+    orjson reads them."""
 
     def parse_int(text: str) -> int | float:
         value = int(text)
@@ -168,7 +169,10 @@ def lenient_loads(data: bytes | memoryview) -> Any:
 
 
 def decode_exports(
-    body: bytes, normalise: Callable[[Any], str | None], reject: Callable[[int, str], None]
+    body: bytes,
+    normalise: Callable[[Any], str | None],
+    reject: Callable[[int, str], None],
+    numbers: NumberScreen | None = None,
 ) -> RawEvents | None:
     """Statsig export events of a body (an array or ``{"data": [...]}``), kept as bytes where
     they can be.
@@ -176,7 +180,9 @@ def decode_exports(
     Events that need normalising are decoded and given to ``normalise`` (in place; it returns
     why an event is unusable, then ``reject(index, reason)`` is called). Returns None when the
     body must take the dict path whole: neither shape, not valid UTF-8, or anything the raw
-    decoder doubts (so errors and answers are exactly the dict path's).
+    decoder doubts (so errors and answers are exactly the dict path's), and a body that may hold
+    a number beyond a double (relay/numbers.py: the dict path refuses those events alone;
+    ``numbers`` is the caller's screen, one is made when it has none).
 
     The common case, every event plain, costs two C-level decodes of the body (the events'
     bytes, then their views) and a few list passes; the per-event loop runs only for bodies
@@ -187,6 +193,8 @@ def decode_exports(
             body.decode()
         except UnicodeDecodeError:
             return None
+    if (numbers or NumberScreen()).may_hold_unrepresentable(body):
+        return None  # the dict path refuses each event holding a number beyond a double
     try:
         document = _BODY.decode(body)
     except _DECODE_ERRORS:

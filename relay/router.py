@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .events import CATEGORIES, Event, category_of, get_path
+from .events import CATEGORIES, STATSIG_INTERNAL, Event, category_of, get_path
 from .metrics import RelayMetrics
 from .rename import RenameConfig, RenameSetting, compile_renamer, rename_config
 from .schema import ConfigError, Duration
@@ -43,6 +43,18 @@ class FilterConfig:
         for path, value in self.where.items():
             if isinstance(value, dict):
                 raise ConfigError(f"where.{path}", "expected a value or a list of values")
+
+    def names_internal(self) -> frozenset[str] | None:
+        """The Statsig-internal events this filter names explicitly: None for all of them
+        (``categories`` lists ``statsig_internal``), else the exact names (no globs) in
+        ``events`` whose category it is (``statsig::diagnostics``); a glob names none."""
+        if STATSIG_INTERNAL in self.categories:
+            return None
+        return frozenset(
+            name
+            for name in self.events
+            if not _GLOB_CHARS.intersection(name) and category_of(name) == STATSIG_INTERNAL
+        )
 
     def selects_only(self, category: str) -> bool:
         """Whether this filter lets through events of ``category`` and no other: by
@@ -97,11 +109,22 @@ def _normalise(value: Any) -> str:
 
 
 class CompiledRoute:
-    """One route, ready to evaluate; see the module docstring."""
+    """One route, ready to evaluate; see the module docstring.
 
-    def __init__(self, config: RouteConfig, accepts: Callable[[str], bool]) -> None:
+    Statsig-internal events (``statsig::diagnostics`` and the like: category
+    ``statsig_internal``) can carry the sender's server secret (an SDK puts its config specs
+    URL, key included, in their metadata). They go to a ``statsig`` target (``to_statsig``)
+    like any event, and to any other target only when the route names them
+    (:meth:`FilterConfig.names_internal`); otherwise they are dropped with the reason
+    ``statsig_internal``.
+    """
+
+    def __init__(
+        self, config: RouteConfig, accepts: Callable[[str], bool], to_statsig: bool = False
+    ) -> None:
         self.name = config.name
         self.target = config.to
+        self.to_statsig = to_statsig
         self.sources = frozenset(config.sources)
         flt = config.filter
         self._categories = frozenset(flt.categories) or None
@@ -116,13 +139,16 @@ class CompiledRoute:
             for path, value in flt.where.items()
         ]
         self._accepts = accepts
+        # None: every internal event passes; else the internal names that do.
+        self._internal = None if to_statsig else flt.names_internal()
         self._rename = compile_renamer(config.rename_config())
         self.first_exposure_window = window_of(config.first_exposure_only)
         self.dedup_window = window_of(config.dedup)
         self._name_verdicts: dict[str, str | None] = {}
 
     def _name_verdict(self, event_name: str) -> str | None:
-        """None when the name passes; else why not ('filtered' or 'unsupported_by_target')."""
+        """None when the name passes; else why not ('filtered', 'statsig_internal' or
+        'unsupported_by_target')."""
         verdict = self._name_verdicts.get(event_name, "?")
         if verdict != "?":
             return verdict
@@ -134,6 +160,12 @@ class CompiledRoute:
             or (self._exclude is not None and self._exclude.fullmatch(event_name))
         ):
             verdict = "filtered"
+        elif (
+            category == STATSIG_INTERNAL
+            and self._internal is not None
+            and event_name not in self._internal
+        ):
+            verdict = STATSIG_INTERNAL
         elif not self._accepts(category):
             verdict = "unsupported_by_target"
         else:
@@ -145,12 +177,14 @@ class CompiledRoute:
 
     def pick(
         self, names: Sequence[str], event_at: Callable[[int], Event]
-    ) -> tuple[list[int], int, int]:
-        """Indices of the events this route takes, and counts of those filtered / unsupported
-        by the target. ``names`` holds every event's name; ``event_at(i)`` the whole event,
-        asked for only when a ``where`` condition has to look inside it."""
+    ) -> tuple[list[int], int, dict[str, int]]:
+        """Indices of the events this route takes, the count of those filtered, and of those
+        dropped by reason (``statsig_internal``, ``unsupported_by_target``). ``names`` holds
+        every event's name; ``event_at(i)`` the whole event, asked for only when a ``where``
+        condition has to look inside it."""
         picked: list[int] = []
-        filtered = unsupported = 0
+        filtered = 0
+        dropped: dict[str, int] = {}
         verdict_of = self._name_verdict
         where = self._where
         for index, name in enumerate(names):
@@ -167,8 +201,8 @@ class CompiledRoute:
             elif verdict == "filtered":
                 filtered += 1
             else:
-                unsupported += 1
-        return picked, filtered, unsupported
+                dropped[verdict] = dropped.get(verdict, 0) + 1
+        return picked, filtered, dropped
 
     def new_name(self, name: str) -> str | None:
         """The name this route gives an event called ``name``; None when it keeps it."""
@@ -192,11 +226,11 @@ class CompiledRoute:
         return self.dedup_window is not None or self.first_exposure_window is not None
 
     def select(self, events: Sequence[Event]) -> tuple[list[Event], int, int]:
-        """Events this route takes (renamed), and counts of those filtered / unsupported."""
-        picked, filtered, unsupported = self.pick(
+        """Events this route takes (renamed), and counts of those filtered / dropped."""
+        picked, filtered, dropped = self.pick(
             [event["eventName"] for event in events], events.__getitem__
         )
-        return [self.renamed(events[i]) for i in picked], filtered, unsupported
+        return [self.renamed(events[i]) for i in picked], filtered, sum(dropped.values())
 
 
 class Router:
@@ -209,9 +243,10 @@ class Router:
             for source in route.sources:
                 self._by_source.setdefault(source, []).append(route)
         self._filtered = {r.name: metrics.events_filtered.labels(r.name) for r in self.routes}
-        self._unsupported = {
-            r.name: metrics.events_dropped.labels(r.name, "unsupported_by_target")
+        self._dropped = {
+            (r.name, reason): metrics.events_dropped.labels(r.name, reason)
             for r in self.routes
+            for reason in ("unsupported_by_target", STATSIG_INTERNAL)
         }
 
     def routes_for(self, source: str) -> list[CompiledRoute]:
@@ -224,11 +259,11 @@ class Router:
         events it filtered or its target refuses are counted here."""
         selections: list[tuple[CompiledRoute, list[int]]] = []
         for route in self._by_source.get(source, ()):
-            picked, filtered, unsupported = route.pick(names, event_at)
+            picked, filtered, dropped = route.pick(names, event_at)
             if filtered:
                 self._filtered[route.name].inc(filtered)
-            if unsupported:
-                self._unsupported[route.name].inc(unsupported)
+            for reason, count in dropped.items():
+                self._dropped[route.name, reason].inc(count)
             if picked:
                 selections.append((route, picked))
         return selections

@@ -15,9 +15,9 @@ from relay.sources.statsig_webhook import normalise_export
 from tests.conftest import fixture_json
 
 
-def route(**spec: Any) -> CompiledRoute:
+def route(to_statsig: bool = True, **spec: Any) -> CompiledRoute:
     data = {"name": "r", "from": ["statsig"], "to": "t", **spec}
-    return CompiledRoute(build(RouteConfig, data, "routes[0]"), lambda _: True)
+    return CompiledRoute(build(RouteConfig, data, "routes[0]"), lambda _: True, to_statsig)
 
 
 def export_batch() -> list[dict[str, Any]]:
@@ -125,3 +125,22 @@ def test_target_that_refuses_a_category_gets_none_of_it() -> None:
     selected, filtered, unsupported = only_changes.select(export_batch())
     assert {e["eventName"] for e in selected} == {"statsig::config_change"}
     assert (filtered, unsupported) == (0, 6)
+
+
+def test_internal_events_go_to_other_targets_only_when_the_route_names_them() -> None:
+    events = export_batch()
+    internal = [n for n in names(events) if category_of(n) == "statsig_internal"]
+    assert internal == ["statsig::diagnostics"]
+    everything, _, dropped = route(to_statsig=False).select(events)
+    assert "statsig::diagnostics" not in names(everything) and dropped == 1
+    assert len(everything) == len(events) - 1
+    for named in (
+        {"categories": ["statsig_internal"]},
+        {"events": ["statsig::diagnostics", "page_view"]},
+    ):
+        chosen, _, dropped = route(to_statsig=False, filter=named).select(events)
+        assert "statsig::diagnostics" in names(chosen) and dropped == 0, named
+    # a glob names no internal event: "statsig::*" means the exposures
+    globbed, _, dropped = route(to_statsig=False, filter={"events": ["statsig::*"]}).select(events)
+    assert "statsig::diagnostics" not in names(globbed) and dropped == 1
+    assert "statsig::gate_exposure" in names(globbed)

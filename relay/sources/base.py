@@ -19,6 +19,7 @@ from aiohttp import web
 
 from ..cors import CorsConfig
 from ..events import MAX_NESTING, Event
+from ..numbers import ORJSON_OUT_OF_RANGE, load_marking, unrepresentable_at
 from ..ratelimit import RateLimitConfig
 from ..raw import RawEvents
 
@@ -143,14 +144,21 @@ class Source(ABC):
         return False
 
 
-def load_json(body: bytes) -> Any:
-    """Parse JSON or raise SourceError(400) with the parser's reason."""
+def load_json(body: bytes) -> tuple[Any, bool]:
+    """Parse JSON or raise SourceError(400) with the parser's reason. Returns the document and
+    whether each event must pass :func:`event_problem`: it may nest too deep, or holds a number
+    beyond a double (relay/numbers.py), marked where it was so that only its event is refused."""
     if not body.strip():
         raise SourceError(400, "empty body; expected JSON")
     try:
-        return orjson.loads(body)
+        return orjson.loads(body), may_nest_too_deep(body)
     except orjson.JSONDecodeError as exc:
-        raise SourceError(400, f"malformed JSON: {exc}") from None
+        if ORJSON_OUT_OF_RANGE not in str(exc):
+            raise SourceError(400, f"malformed JSON: {exc}") from None
+    try:
+        return load_marking(body), True
+    except (ValueError, RecursionError) as exc:  # not JSON for another reason as well
+        raise SourceError(400, f"malformed JSON: {str(exc)[:200]}") from None
 
 
 def header_bytes(value: str) -> bytes | None:
@@ -172,16 +180,22 @@ def may_nest_too_deep(body: bytes) -> bool:
     return len(body) > 2 * MAX_NESTING and body.count(b"[") + body.count(b"{") > MAX_NESTING
 
 
-def nesting_problem(item: Any) -> str | None:
-    """Why ``item`` cannot be relayed (nested deeper than MAX_NESTING), or None. Costs one
-    encode: callers ask only when :func:`may_nest_too_deep` says the body could be."""
+def event_problem(item: Any) -> str | None:
+    """Why ``item`` cannot be relayed (nested deeper than MAX_NESTING, or holding a number
+    beyond a double), or None. Costs one encode: callers ask only when :func:`load_json` says
+    the body needs it."""
     probe: Any = item
     for _ in range(_ORJSON_LEVELS - MAX_NESTING):
         probe = [probe]
     try:
         orjson.dumps(probe)
-    except orjson.JSONEncodeError:
-        return f"nested deeper than {MAX_NESTING} levels"
+    except orjson.JSONEncodeError as exc:
+        problem = unrepresentable_at(item)
+        if problem is not None:
+            return problem
+        if "Recursion" in str(exc):
+            return f"nested deeper than {MAX_NESTING} levels"
+        return f"cannot be encoded as JSON: {exc}"  # e.g. a lone surrogate Python's parser let by
     return None
 
 

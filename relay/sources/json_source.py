@@ -44,10 +44,9 @@ from .base import (
     Source,
     SourceConfig,
     SourceError,
+    event_problem,
     key_matches,
     load_json,
-    may_nest_too_deep,
-    nesting_problem,
 )
 
 DEFAULT_KEY_HEADERS = ("Authorization", "X-API-Key")
@@ -162,11 +161,12 @@ class JsonSource(Source):
     def parse(
         self, request: web.BaseRequest, endpoint: Endpoint, body: bytes, received_ms: int
     ) -> Parsed:
-        return self.parse_document(load_json(body), received_ms, may_nest_too_deep(body))
+        document, deep = load_json(body)
+        return self.parse_document(document, received_ms, deep)
 
     def parse_document(self, document: Any, received_ms: int, deep: bool = False) -> Parsed:
-        """Map a parsed body; a bad event is rejected alone. ``deep``: the body may nest too
-        deep (relay/sources/base.py), check each event."""
+        """Map a parsed body; a bad event is rejected alone. ``deep``: check each event
+        (relay/sources/base.py ``load_json``)."""
         items = self._items(document)
         parsed = Parsed()
         events = parsed.events
@@ -174,7 +174,7 @@ class JsonSource(Source):
             if not isinstance(item, dict):
                 parsed.reject(index, f"expected an object, got {type(item).__name__}")
                 continue
-            problem = nesting_problem(item) if deep else None
+            problem = event_problem(item) if deep else None
             if problem is not None:
                 parsed.reject(index, problem)
                 continue

@@ -32,6 +32,7 @@ from ..mapping import (
     skew_corrected_ms,
     string_map,
 )
+from ..numbers import unrepresentable_at
 from ..rename import RenameSetting, compile_rename
 from ..schema import ByteSize, ConfigError, Duration, secret
 from .base import (
@@ -40,10 +41,9 @@ from .base import (
     Source,
     SourceConfig,
     SourceError,
+    event_problem,
     key_matches,
     load_json,
-    may_nest_too_deep,
-    nesting_problem,
 )
 
 CALLS = ("track", "page", "screen", "identify", "group", "alias")
@@ -159,7 +159,7 @@ class SegmentSource(Source):
         limit = self.config.max_batch_size if endpoint.kind == "batch" else None
         if limit is not None and len(body) > limit:
             raise SourceError(400, f"batch of {len(body)} bytes is over the {limit} byte limit")
-        document = load_json(body)
+        document, deep = load_json(body)
         if not isinstance(document, dict):
             raise SourceError(400, "expected a JSON object")
         if self._keys and self._basic_user(request) is None:
@@ -168,7 +168,6 @@ class SegmentSource(Source):
                 raise SourceError(
                     401, "missing or wrong write key: send it as the HTTP Basic user or writeKey"
                 )
-        deep = may_nest_too_deep(body)
         return self.parse_document(document, endpoint.kind, received_ms, len(body), deep)
 
     def parse_document(
@@ -191,7 +190,7 @@ class SegmentSource(Source):
                     "too_large",
                 )
             problem = (
-                (nesting_problem(document) if deep else None)
+                (event_problem(document) if deep else None)
                 or _wrong_typed(document)
                 or self._add(parsed, document, kind, None, received_ms)
             )
@@ -204,6 +203,12 @@ class SegmentSource(Source):
         sent_at = document.get("sentAt")
         shared = document.get("context")
         shared_context = shared if isinstance(shared, dict) and shared else None
+        if deep and shared_context is not None:
+            # The batch's context is every message's: a number in it that no target can carry
+            # refuses the request, as a malformed body would be.
+            problem = unrepresentable_at(shared_context, "context")
+            if problem is not None:
+                raise SourceError(400, problem)
         # Only a body over the message limit can hold an oversize message: skip the re-encoding
         # of every message otherwise.
         max_message = self.config.max_message_size
@@ -226,7 +231,7 @@ class SegmentSource(Source):
                 own = item.get("context")
                 context = {**shared_context, **own} if isinstance(own, dict) else shared_context
                 item = {**item, "context": context}
-            if deep and (problem := nesting_problem(item)) is not None:
+            if deep and (problem := event_problem(item)) is not None:
                 parsed.reject(index, problem)
                 continue
             if check_size and len(orjson.dumps(item)) > max_message:

@@ -39,6 +39,7 @@ import orjson
 from aiohttp import web
 
 from ..events import MAX_MS, MIN_MS, Event, to_epoch_ms
+from ..numbers import unrepresentable_at
 from ..schema import ConfigError, secret
 from .base import (
     Endpoint,
@@ -46,10 +47,9 @@ from .base import (
     Source,
     SourceConfig,
     SourceError,
+    event_problem,
     key_matches,
     load_json,
-    may_nest_too_deep,
-    nesting_problem,
 )
 
 KEY_HEADER = "statsig-api-key"
@@ -128,8 +128,7 @@ class StatsigEventsSource(Source):
             body = _gunzip(body)
         if query.get(ENCODED_QUERY) == "1":
             body = _unreverse_base64(body)
-        document = load_json(body)
-        deep = may_nest_too_deep(body)
+        document, deep = load_json(body)
         if endpoint.kind == EVENT_WEBHOOK:
             if isinstance(document, dict):
                 items = [document]
@@ -178,13 +177,19 @@ def _parse_items(
     webhook: bool,
     deep: bool,
 ) -> Parsed:
-    """``deep``: the body may nest too deep (relay/sources/base.py), check each event."""
+    """``deep``: check each event (relay/sources/base.py ``load_json``)."""
     parsed = Parsed()
     events = parsed.events
+    if deep and shared_user is not None:
+        # The request's user is every event's that has none: a number in it that no target
+        # can carry refuses the request, as a malformed body would be.
+        problem = unrepresentable_at(shared_user, "user")
+        if problem is not None:
+            raise SourceError(400, problem)
     for index, item in enumerate(items):
-        problem = normalise_sdk_event(item, received_ms, shared_user, webhook)
-        if problem is None and deep:
-            problem = nesting_problem(item)
+        problem = (deep and event_problem(item)) or normalise_sdk_event(
+            item, received_ms, shared_user, webhook
+        )
         if problem is None:
             events.append(item)
         else:

@@ -27,6 +27,7 @@ from ..events import (
     category_of,
     to_epoch_ms,
 )
+from ..numbers import NumberScreen
 from ..raw import decode_exports
 from ..schema import ConfigError, Duration
 from ..schema import secret as secret_field
@@ -36,10 +37,10 @@ from .base import (
     Source,
     SourceConfig,
     SourceError,
+    event_problem,
     header_bytes,
     load_json,
     may_nest_too_deep,
-    nesting_problem,
 )
 
 logger = logging.getLogger(__name__)
@@ -100,6 +101,7 @@ class StatsigWebhookSource(Source):
         self._require = (
             bool(self._secrets) if config.require_signature is None else (config.require_signature)
         )
+        self._numbers = NumberScreen()  # the raw path's per-body check (relay/numbers.py)
 
     def endpoints(self) -> list[Endpoint]:
         return [Endpoint(self.config.path)]
@@ -153,9 +155,9 @@ class StatsigWebhookSource(Source):
         def normalise(item: Any) -> str | None:
             if not deep:
                 deep.append(may_nest_too_deep(body))
-            return (deep[0] and nesting_problem(item)) or normalise_export(item, received_ms)
+            return (deep[0] and event_problem(item)) or normalise_export(item, received_ms)
 
-        raw = decode_exports(body, normalise, parsed.reject)
+        raw = decode_exports(body, normalise, parsed.reject, self._numbers)
         if raw is None:
             return None
         if parsed.error_count and b"url_verification" in body:
@@ -166,7 +168,7 @@ class StatsigWebhookSource(Source):
     def parse(
         self, request: web.BaseRequest, endpoint: Endpoint, body: bytes, received_ms: int
     ) -> Parsed:
-        document = load_json(body)
+        document, check_each = load_json(body)
         handshake = url_verification(document)
         if handshake is not None:
             code = handshake.get("verification_code")
@@ -191,9 +193,8 @@ class StatsigWebhookSource(Source):
         parsed = Parsed()
         events = parsed.events
         exposures = _EXPOSURE_NAMES
-        deep = may_nest_too_deep(body)
         for index, item in enumerate(items):
-            if deep and (problem := nesting_problem(item)) is not None:
+            if check_each and (problem := event_problem(item)) is not None:
                 parsed.reject(index, problem)
                 continue
             # Fast path for an event normalise_export would leave as it is (most of them): the

@@ -418,6 +418,10 @@ class Target(ABC):
     # A target that carries config changes only (a change feed: Datadog, Slack, Grafana):
     # a route to it must filter to them, checked when the config is loaded.
     only_config_changes: ClassVar[bool] = False
+    # Statsig's own log_event (the statsig target): Statsig-internal events, which may carry
+    # the sender's server secret, go to it unless filtered, unredacted; to any other target
+    # only when a route names them, with secret-… keys redacted (relay/router.py, redact.py).
+    takes_statsig_internal: ClassVar[bool] = False
 
     def __init__(self, name: str, config: TargetConfig) -> None:
         self.name = name

@@ -164,6 +164,7 @@ class StatsigTarget(Target):
     """One Statsig project; several projects are several ``statsig`` targets."""
 
     kind = "statsig"
+    takes_statsig_internal = True
     config_class = StatsigConfig
     config: StatsigConfig
 
