@@ -17,6 +17,7 @@ import pytest
 
 from relay.config import ServerConfig
 from relay.router import RouteConfig
+from relay.schema import ByteSize, Duration, parse_duration, parse_size
 from relay.sources import SOURCES
 from relay.spool.redis import RedisSpoolConfig
 from relay.spool.sqlite import SqliteSpoolConfig
@@ -217,3 +218,81 @@ def test_the_reference_lists_every_key_check_accepts(
     # kind it does not apply to, e.g. `type` values): no stale or misspelt key.
     own = documented[tables[-1]]
     assert not own - accepted, f"keys the schema does not accept: {sorted(own - accepted)}"
+
+
+def reference_defaults(table: tuple[str, str]) -> dict[str, str]:
+    """key → its default cell, for rows of one key in the table under ``table``."""
+    h2, h3 = table
+    defaults: dict[str, str] = {}
+    current = ("", "")
+    in_keys = False
+    for line in REFERENCE.read_text().splitlines():
+        if not line.startswith("|"):
+            in_keys = False
+        if line.startswith("## "):
+            current = (line[3:].strip(), "")
+        elif line.startswith("### "):
+            current = (current[0], line[4:].strip())
+        elif line.startswith("| key |"):
+            in_keys = True
+        elif in_keys and current == (h2, h3) and line.startswith("| `"):
+            cells = [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+            keys = re.findall(r"`([^`]+)`", cells[0])
+            if len(keys) == 1:
+                defaults[keys[0]] = cells[1]
+    return defaults
+
+
+def schema_defaults(cls: type, prefix: str = "") -> dict[str, typing.Any]:
+    hints = typing.get_type_hints(cls)
+    found: dict[str, typing.Any] = {}
+    for field in dataclasses.fields(cls):
+        if not field.init:
+            continue
+        key = prefix + field.metadata.get("key", field.name)
+        if field.default is not dataclasses.MISSING:
+            found[key] = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            found[key] = field.default_factory()
+        for nested in dataclass_types(hints[field.name]):
+            found.update(schema_defaults(nested, f"{key}."))
+    return found
+
+
+def written(cell: str, default: typing.Any) -> typing.Any:
+    """The value a default cell states, read like the config reads it; None when the cell is
+    prose (``none``, ``on when cors is set``, ``500 (target-specific caps)``)."""
+    literal = re.fullmatch(r"`([^`]*)`|(\d+)", cell)
+    if not literal or dataclasses.is_dataclass(default):  # a section: its keys are rows too
+        return None
+    text = literal.group(1) if literal.group(1) is not None else literal.group(2)
+    if isinstance(default, ByteSize):
+        return parse_size(text, "")
+    if isinstance(default, Duration):
+        return parse_duration(text, "")
+    if isinstance(default, bool):
+        return {"true": True, "false": False}.get(text)
+    if isinstance(default, int):
+        return int(text)
+    if isinstance(default, list | dict):
+        return {"[]": [], "{}": {}}.get(text)
+    return text.strip('"') if text.startswith('"') else text
+
+
+@pytest.mark.parametrize(("config_class", "tables"), sections())
+def test_the_reference_states_each_default_check_uses(
+    config_class: type, tables: list[tuple[str, str]]
+) -> None:
+    """Where the default column gives a value, it is the schema's default."""
+    defaults = schema_defaults(config_class)
+    wrong = {}
+    for table in tables:
+        if table[1] in ("Every source", "Every target"):
+            continue  # shared tables: a kind may have its own default (stated on its page)
+        for key, cell in reference_defaults(table).items():
+            if key not in defaults:
+                continue
+            stated = written(cell, defaults[key])
+            if stated is not None and stated != defaults[key]:
+                wrong[key] = (cell, defaults[key])
+    assert not wrong, f"stated default ≠ the schema's: {wrong}"
