@@ -43,8 +43,8 @@ class ServerConfig:
     # timer, which closes a connection still waiting for its next request head.
     header_timeout: Duration = Duration(10.0)
     # SO_REUSEPORT on the public listener: several relays on one host share its port and the
-    # kernel spreads their connections (one event loop each; see README "Several relays on one
-    # host").
+    # kernel spreads their connections (one event loop each; see docs/scaling.md, "Several
+    # relays on one host").
     reuse_port: bool = False
     # On SIGTERM, requests and sends in flight get this long in all (one deadline), then the
     # sends are cancelled and their rows stay in the spool. 8 s fits Docker's default 10 s stop

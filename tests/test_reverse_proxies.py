@@ -1,6 +1,6 @@
-"""README's nginx and Caddy examples, for real: the relay under /t/ on the app's own origin.
+"""The docs' nginx and Caddy examples, for real: the relay under /t/ on the app's own origin.
 
-Each block is read from README.md, with the example host and ports swapped for loopback ones,
+Each block is read from docs/browser.md, with the example host and ports swapped for loopback ones,
 and run by Debian's ``nginx`` or ``caddy`` (tests/run.sh installs them). Behind the proxy: the
 page server of the browser tests (the app) and a relay whose source has no ``cors`` at all,
 since the page and /t/ share one origin, and which trusts the proxy's X-Forwarded-For.
@@ -28,7 +28,7 @@ from tests.fakes import poll_until
 from tests.npm import js_packages  # noqa: F401  (the fixture)
 from tests.test_browser_sdks import CLIENT_KEY, DOWNSTREAM_KEY, PageServer, by_name
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "browser.md"
 pytestmark = pytest.mark.usefixtures("js_packages")
 
 # A real browser or Node process on a loaded 2-core host can take longer than the fakes'
@@ -36,15 +36,15 @@ pytestmark = pytest.mark.usefixtures("js_packages")
 BROWSER_DEADLINE = 30.0
 
 
-def readme_block(language: str) -> str:
-    block = re.search(rf"```{language}\n(.*?)```", README.read_text(), re.S)
-    assert block, f"README.md has no ```{language} block"
+def docs_block(language: str) -> str:
+    block = re.search(rf"```{language}\n(.*?)```", PAGE.read_text(), re.S)
+    assert block, f"docs/browser.md has no ```{language} block"
     return block.group(1)
 
 
 def caddy_command(port: int, relay_port: int, app_port: int, tmp_path: Path) -> list[str]:
-    """README's Caddyfile on loopback addresses, without Caddy's admin API."""
-    text = readme_block("caddyfile")
+    """The docs' Caddyfile on loopback addresses, without Caddy's admin API."""
+    text = docs_block("caddyfile")
     assert "app.example.com" in text and "127.0.0.1:8080" in text and "127.0.0.1:3000" in text
     text = text.replace("app.example.com", f"http://127.0.0.1:{port}")
     text = text.replace("127.0.0.1:8080", f"127.0.0.1:{relay_port}")
@@ -55,8 +55,8 @@ def caddy_command(port: int, relay_port: int, app_port: int, tmp_path: Path) -> 
 
 
 def nginx_command(port: int, relay_port: int, app_port: int, tmp_path: Path) -> list[str]:
-    """README's location block in a server of its own, the app at /, files in tmp_path."""
-    text = readme_block("nginx")
+    """The docs' location block in a server of its own, the app at /, files in tmp_path."""
+    text = docs_block("nginx")
     assert "127.0.0.1:8080" in text
     location = text.replace("127.0.0.1:8080", f"127.0.0.1:{relay_port}")
     temp = " ".join(
@@ -125,7 +125,7 @@ async def start_proxy(command: list[str], tmp_path: Path) -> asyncio.subprocess.
 
 
 @pytest.mark.parametrize("proxy", sorted(PROXIES))
-async def test_the_readme_proxy_example_serves_the_relay_under_t_on_the_apps_origin(
+async def test_the_docs_proxy_example_serves_the_relay_under_t_on_the_apps_origin(
     proxy: str,
     browser: Browser,  # noqa: F811
     app: PageServer,

@@ -87,7 +87,7 @@ def _tag(key: str, value: str) -> str:
 
 
 def change_event(change: ConfigChange, now: int | None = None) -> dict[str, Any]:
-    """The v2 request body for one config change (the mapping in the README)."""
+    """The v2 request body for one config change (the mapping in docs/targets/datadog.md)."""
     now = now_ms() if now is None else now
     metadata: dict[str, Any] = {"statsig_type": change.kind, "action": change.action}
     if change.environments:

@@ -77,7 +77,7 @@ def annotation_text(change: ConfigChange) -> str:
 
 
 def annotation(change: ConfigChange, dashboard_uid: str | None = None) -> dict[str, Any]:
-    """The annotation for one config change (the mapping in the README)."""
+    """The annotation for one config change (the mapping in docs/targets/grafana.md)."""
     tags = ["statsig", change.kind.lower(), change.action]
     body: dict[str, Any] = {"time": change.time_ms, "tags": tags, "text": annotation_text(change)}
     if dashboard_uid:
