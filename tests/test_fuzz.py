@@ -53,6 +53,7 @@ from relay.sources.statsig_webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, si
 from tests.conftest import fixture_json, relay_yaml
 from tests.daemon import DaemonProcess, free_port
 from tests.fake_amplitude import FakeAmplitude
+from tests.fake_change_targets import FakeDatadog, FakeGrafana, FakeSlack
 from tests.fake_mixpanel import FakeMixpanel
 from tests.fake_segment import FakeSegment
 from tests.fakes import FakeTarget, RecordedRequest, poll_until
@@ -320,11 +321,22 @@ def with_canary(draw: st.DrawFn, events: list[Any], canary: dict[str, Any]) -> l
     return [*events[:at], canary, *events[at:]]
 
 
+def change_canary(name: str) -> dict[str, Any]:
+    """A valid config change named after the request's canary, for the config-change targets."""
+    return {
+        "eventName": "statsig::config_change",
+        "timestamp": CANARY_MS,
+        "user": {"name": "c"},
+        "metadata": {"type": "Gate", "name": f"{name}-change", "action": "updated"},
+    }
+
+
 @st.composite
 def statsig_plans(draw: st.DrawFn, names: Canaries) -> Plan:
     events = draw(st.lists(mutated(STATSIG_TEMPLATES, STATSIG_FIELDS), max_size=4))
     name = names.next("statsig")
     events = with_canary(draw, events, canary_event("statsig", name))
+    events = with_canary(draw, events, change_canary(name))
     document: Any = {"data": events} if draw(st.booleans()) else events
     return Plan("statsig", "/webhooks/statsig", document, [], name, signed=True)
 
@@ -686,10 +698,16 @@ class DestinationsRelay(LiveRelay):
         self.amplitude = FakeAmplitude()
         self.mixpanel = FakeMixpanel()
         self.segment = FakeSegment("seg-target-key")
+        self.datadog = FakeDatadog("dd-fuzz-key")
+        self.slack = FakeSlack()
+        self.grafana = FakeGrafana("glsa_fuzz")
+        self.vendors: list[FakeTarget] = [
+            self.amplitude, self.mixpanel, self.segment, self.datadog, self.slack, self.grafana
+        ]  # fmt: skip
 
     def start(self, tmp_path: Path) -> None:
         self.thread.start()
-        for fake in (*self.fakes, self.amplitude, self.mixpanel, self.segment):
+        for fake in (*self.fakes, *self.vendors):
             self.run(fake.start())
         every = "from: [statsig, web, sdk, app]"
         extra = f"""
@@ -698,10 +716,17 @@ class DestinationsRelay(LiveRelay):
   mp: {{type: mixpanel, project_token: "{self.mixpanel.token}", base_url: "{self.mixpanel.url}",
         linger: 0s}}
   seg: {{type: segment, write_key: "seg-target-key", base_url: "{self.segment.url}", linger: 0s}}
+  dd: {{type: datadog, api_key: "dd-fuzz-key", base_url: "{self.datadog.url}"}}
+  slack: {{type: slack, url: "{self.slack.hook_url}", base_url: "{self.slack.url}", linger: 0s,
+          messages_per_minute: 600}}
+  grafana: {{type: grafana, url: "{self.grafana.url}", token: "glsa_fuzz"}}
 routes:
   - {{name: to-amp, {every}, to: amp}}
   - {{name: to-mp, {every}, to: mp}}
-  - {{name: to-seg, {every}, to: seg}}"""
+  - {{name: to-seg, {every}, to: seg}}
+  - {{name: to-dd, from: statsig, to: dd, filter: {{categories: [config_change]}}}}
+  - {{name: to-slack, from: statsig, to: slack, filter: {{categories: [config_change]}}}}
+  - {{name: to-grafana, from: statsig, to: grafana, filter: {{categories: [config_change]}}}}"""
         yaml = sources_yaml(self.fakes[0].url, self.fakes[1].url).replace("\nroutes:", extra, 1)
         self.relay = Relay(parse_config(relay_yaml(yaml, tmp_path), {}))
         self.run(self.relay.start())
@@ -709,9 +734,21 @@ routes:
         self.port = self.relay.public_port
 
     def close(self) -> None:
-        for fake in (self.amplitude, self.mixpanel, self.segment):
+        for fake in self.vendors:
             self.run(fake.close())
         super().close()
+
+    def change_counts(self, names: set[str]) -> dict[str, Counter[str]]:
+        """Per config-change target: how many accepted requests carry each change canary."""
+        counts: dict[str, Counter[str]] = {}
+        for vendor, fake in (("datadog", self.datadog), ("slack", self.slack),
+                             ("grafana", self.grafana)):  # fmt: skip
+            seen: Counter[str] = Counter()
+            for body in fake.accepted():
+                text = body if isinstance(body, str) else orjson.dumps(body).decode()
+                seen.update(n for n in names if f"{n}-change" in text)
+            counts[vendor] = seen
+        return counts
 
     def vendor_names(self) -> dict[str, list[Any]]:
         return {
@@ -753,7 +790,20 @@ def test_fuzz_canaries_reach_every_destination_exactly_once(tmp_path: Path) -> N
             assert not missing, f"{vendor} never got {missing[:5]} of {len(tally.acknowledged)}"
             assert not twice, f"{vendor} got twice {twice[:5]}"
             assert not (tally.refused & set(counts)), f"{vendor} got a refused request's canary"
-        for fake in (live.amplitude, live.mixpanel, live.segment):
+        # Each acknowledged Statsig request's config-change canary at each change target once.
+        changes = {n for n in tally.acknowledged if n.startswith("canary-statsig-")}
+
+        def changes_everywhere() -> bool:
+            return all(set(c) >= changes for c in live.change_counts(changes).values())
+
+        with contextlib.suppress(AssertionError):
+            live.run(poll_until(changes_everywhere, timeout=60), 90)
+        for vendor, counts in live.change_counts(changes).items():
+            print(f"{vendor}: {len(counts)} changes", end="; ")
+            missing = sorted(changes - set(counts))
+            assert not missing, f"{vendor} never got {missing[:5]} of {len(changes)}"
+            assert not [n for n in changes if counts[n] > 1], f"{vendor} got a change twice"
+        for fake in live.vendors:
             assert fake.failures == [], fake.failures[:3]
     finally:
         live.close()
