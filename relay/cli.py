@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import sys
 import time
@@ -24,7 +25,7 @@ from .config import (
     load_spool_section,
 )
 from .logs import setup_logging
-from .schema import ConfigError
+from .schema import ConfigError, ConfigErrors
 
 if TYPE_CHECKING:
     from .dlq import DeadFilter, Selected
@@ -210,7 +211,12 @@ def _main(argv: Sequence[str] | None) -> int:
             return _spool(load_spool_section(args.config).spool, args.action, args.to)
         config = load_config(args.config)
     except ConfigError as exc:
-        print(f"statsig-relay: config error: {exc}", file=sys.stderr)
+        errors = exc.errors if isinstance(exc, ConfigErrors) else [exc]
+        for error in errors:
+            print(f"statsig-relay: config error: {error}", file=sys.stderr)
+        where = f" in {args.config}" if getattr(args, "config", None) else ""
+        plural = "s" if len(errors) > 1 else ""
+        print(f"statsig-relay: {len(errors)} config error{plural}{where}", file=sys.stderr)
         return 2
     if args.command == "check":
         print(routing_table(config))
@@ -231,6 +237,8 @@ def _run(config: Config, path: str) -> int:
     from .app import Relay
 
     setup_logging(config.server.log_level, config.server.log_format)
+    for warning in config.warnings:
+        logging.getLogger("relay.config").warning("config warning: %s", warning)
     from prometheus_client import disable_created_metrics
 
     disable_created_metrics()  # the *_created series only add noise to every scrape
@@ -356,6 +364,9 @@ def routing_table(config: Config) -> str:
             parts.append("dedup")
         how = "; ".join(parts) or "everything"
         lines.append(f"  {route.name}: {', '.join(route.sources)} -> {route.to} ({how})")
+    if config.warnings:
+        lines += ["", "warnings:"]
+        lines.extend(f"  {warning}" for warning in config.warnings)
     return "\n".join(lines)
 
 
