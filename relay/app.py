@@ -136,10 +136,14 @@ class Relay:
                 if guard is not None and guard.cors is not None:
                     endpoints[("OPTIONS", endpoint.path)] = guard.preflight
             for warning in source.warnings():
-                logger.warning("%s", warning)
+                logger.warning("%s", warning, extra={"source": source.name})
         for name in targets:
             if not any(route.to == name for route in config.routes):
-                logger.warning("target %r has no route; it only drains what is spooled", name)
+                logger.warning(
+                    "target %r has no route; it only drains what is spooled",
+                    name,
+                    extra={"target": name},
+                )
         self.ingest = ingest
         return Pipeline(sources, router, endpoints)
 

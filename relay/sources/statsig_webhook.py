@@ -175,7 +175,11 @@ class StatsigWebhookSource(Source):
             code = handshake.get("verification_code")
             if not isinstance(code, str):
                 raise SourceError(400, "url_verification without a verification_code")
-            logger.info("source %s: answered Statsig's url_verification", self.name)
+            logger.info(
+                "source %s: answered Statsig's url_verification",
+                self.name,
+                extra={"source": self.name},
+            )
             return Parsed(
                 reply=web.Response(
                     body=orjson.dumps({"verification_code": code}),
