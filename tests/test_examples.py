@@ -113,7 +113,7 @@ def test_every_endpoint_of_every_example_follows_its_variable(
     example: Path, tmp_path: Path
 ) -> None:
     fake_url = "http://127.0.0.1:9"
-    config = load_config(example, example_env(fake_url, tmp_path))
+    config = load_config(example, example_env(fake_url, tmp_path, "redis://127.0.0.1:9/0"))
     for name, target in build_targets(config).items():
         urls = urls_of(target)
         assert urls, f"{example.name}: target {name} has no URL"
