@@ -342,8 +342,9 @@ class Relay:
             new = load_config(path)
         except ConfigError as exc:
             self.metrics.config_reloads.labels("error").inc()
-            logger.error("reload refused, keeping the running config: %s", exc)
-            self.last_reload = {"result": "error", "at": _iso_now(), "error": str(exc)}
+            error = "; ".join(str(exc).splitlines())  # every error found, on one line
+            logger.error("reload refused, keeping the running config: %s", error)
+            self.last_reload = {"result": "error", "at": _iso_now(), "error": error}
             return False
         if new.server != self.config.server or new.spool != self.config.spool:
             logger.warning("reload: server and spool settings need a restart; applying the rest")
