@@ -140,10 +140,14 @@ class Relay:
                 if guard is not None and guard.cors is not None:
                     endpoints[("OPTIONS", endpoint.path)] = guard.preflight
             for warning in source.warnings():
-                logger.warning("%s", warning)
+                logger.warning("%s", warning, extra={"source": source.name})
         for name in targets:
             if not any(route.to == name for route in config.routes):
-                logger.warning("target %r has no route; it only drains what is spooled", name)
+                logger.warning(
+                    "target %r has no route; it only drains what is spooled",
+                    name,
+                    extra={"target": name},
+                )
         self.ingest = ingest
         return Pipeline(sources, router, endpoints)
 
@@ -342,8 +346,9 @@ class Relay:
             new = load_config(path)
         except ConfigError as exc:
             self.metrics.config_reloads.labels("error").inc()
-            logger.error("reload refused, keeping the running config: %s", exc)
-            self.last_reload = {"result": "error", "at": _iso_now(), "error": str(exc)}
+            error = "; ".join(str(exc).splitlines())  # every error found, on one line
+            logger.error("reload refused, keeping the running config: %s", error)
+            self.last_reload = {"result": "error", "at": _iso_now(), "error": error}
             return False
         if new.server != self.config.server or new.spool != self.config.spool:
             logger.warning("reload: server and spool settings need a restart; applying the rest")

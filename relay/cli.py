@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import sys
 import time
+import urllib.error
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,7 +25,7 @@ from .config import (
     load_spool_section,
 )
 from .logs import setup_logging
-from .schema import ConfigError
+from .schema import ConfigError, ConfigErrors
 
 if TYPE_CHECKING:
     from .dlq import DeadFilter, Selected
@@ -31,52 +33,143 @@ if TYPE_CHECKING:
 
 DEFAULT_CONFIG = os.environ.get("RELAY_CONFIG", "config.yaml")
 
+DESCRIPTION = """\
+statsig-relay receives events (Statsig webhooks, Statsig SDK and Segment calls, plain JSON),
+keeps them in a local spool and delivers them to the targets of your config's routes.
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="statsig-relay", description=__doc__)
+Start with `statsig-relay check -c FILE` to validate a config and see its routing table, then
+`statsig-relay run -c FILE`. Run `statsig-relay COMMAND --help` for a command's options."""
+
+CONFIG_HELP = "YAML config file (default: $RELAY_CONFIG, else config.yaml in the current directory)"
+
+DLQ_ACTIONS = {
+    "list": (
+        "one line per dead-lettered row",
+        "List dead-lettered rows, one per line under a header row: id, target, route, events,"
+        " attempts, when it was dead-lettered (UTC) and why. --json prints one JSON object per"
+        " row instead.",
+    ),
+    "show": (
+        "the rows and their events",
+        "Like list, with each row's events printed under it as JSON.",
+    ),
+    "export": (
+        "the selected events as JSON lines",
+        "Write the selected events as JSON lines, one event per line, to --output (default"
+        " standard output); the count goes to standard error.",
+    ),
+    "replay": (
+        "put the selected events back in the queue",
+        "Move the selected events back to their target's queue; the running relay delivers"
+        " them. --rate paces the replay.",
+    ),
+    "purge": (
+        "delete the selected events for good",
+        "Delete the selected dead letters. Refuses without a selection (--id, --target or a"
+        " filter) unless --all is given.",
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Every command, its options and its help text."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="statsig-relay", description=DESCRIPTION, formatter_class=fmt
+    )
     parser.add_argument("--version", action="version", version=f"statsig-relay {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = commands.add_parser("run", help="run the daemon")
-    run.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="YAML config file")
+    def command(name: str, help: str, description: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help, description=description)
 
-    check = commands.add_parser("check", help="validate a config and print its routing table")
-    check.add_argument("-c", "--config", default=DEFAULT_CONFIG)
-
-    dlq = commands.add_parser(
-        "dlq", help="inspect, export, replay or purge dead-lettered events (reads only `spool:`)"
+    run = command(
+        "run",
+        "run the daemon",
+        "Run the daemon in the foreground until SIGTERM or SIGINT; SIGHUP reloads the config.",
     )
-    dlq.add_argument("action", choices=["list", "show", "export", "replay", "purge"])
-    dlq.add_argument("-c", "--config", default=DEFAULT_CONFIG)
-    dlq.add_argument("--target", help="only this target's dead letters")
-    dlq.add_argument("--id", action="append", default=[], help="only these rows (repeatable)")
-    dlq.add_argument("--event", metavar="GLOB", help="only events whose eventName matches")
-    dlq.add_argument("--reason", help="only rows whose reason matches (glob or prefix)")
-    dlq.add_argument("--route", help="only rows of this route")
-    dlq.add_argument("--since", metavar="TIME", help="dead-lettered since (2026-12-01T10:00Z, 2h)")
-    dlq.add_argument("--until", metavar="TIME", help="dead-lettered before")
-    dlq.add_argument("--limit", type=int, default=50, help="rows shown by list/show")
-    dlq.add_argument("--all", action="store_true", help="purge: every dead letter")
-    dlq.add_argument("--rate", type=float, help="replay: at most N events/s (paced per row)")
-    dlq.add_argument("-o", "--output", default="-", help="export: JSON lines file (- = stdout)")
+    run.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=CONFIG_HELP)
 
-    spool = commands.add_parser(
-        "spool", help="check the SQLite spool file read-only, or salvage a damaged one"
+    check = command(
+        "check",
+        "validate a config and print its routing table",
+        "Validate a config file: print its sources, targets and routes, or every error found"
+        " (exit 2). Also checks the SQLite spool file if there is one. Nothing is sent.",
     )
-    spool.add_argument("action", choices=["check", "salvage"])
-    spool.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="reads only `spool:`")
-    spool.add_argument("--to", metavar="NEW_FILE", help="salvage: the new spool file to write")
+    check.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=CONFIG_HELP)
 
-    status = commands.add_parser(
-        "status", help="the running daemon's status (its admin listener's /status.json)"
+    dlq = command(
+        "dlq",
+        "list, show, export, replay or purge dead-lettered events",
+        "Work on the dead-letter queue offline: only the config's spool: section is read, so"
+        " the daemon may be running or stopped.",
     )
-    status.add_argument("-c", "--config", help="read admin_listen from this config")
+    selection = argparse.ArgumentParser(add_help=False)
+    selection.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=CONFIG_HELP)
+    selection.add_argument("--target", help="only this target's dead letters")
+    selection.add_argument("--id", action="append", default=[], help="only these rows (repeatable)")
+    selection.add_argument("--event", metavar="GLOB", help="only events whose eventName matches")
+    selection.add_argument("--reason", help="only rows whose reason matches (glob or prefix)")
+    selection.add_argument("--route", help="only rows of this route")
+    selection.add_argument(
+        "--since", metavar="TIME", help="dead-lettered since (2026-12-01T10:00Z, 2h)"
+    )
+    selection.add_argument("--until", metavar="TIME", help="dead-lettered before")
+    actions = dlq.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, (short, long) in DLQ_ACTIONS.items():
+        action = actions.add_parser(name, parents=[selection], help=short, description=long)
+        if name in ("list", "show"):
+            action.add_argument("--limit", type=int, default=50, help="rows shown (default 50)")
+        if name == "list":
+            action.add_argument("--json", action="store_true", help="one JSON object per row")
+        if name == "purge":
+            action.add_argument("--all", action="store_true", help="every dead letter")
+        if name == "replay":
+            action.add_argument("--rate", type=float, help="at most N events/s (paced per row)")
+        if name == "export":
+            action.add_argument(
+                "-o", "--output", default="-", help="JSON lines file (default -, standard output)"
+            )
+
+    spool = command(
+        "spool",
+        "check the SQLite spool file, or salvage a damaged one",
+        "Check or salvage the SQLite spool file named in the config's spool: section.",
+    )
+    spool_actions = spool.add_subparsers(dest="action", required=True, metavar="ACTION")
+    spool_check = spool_actions.add_parser(
+        "check",
+        help="check the spool file read-only",
+        description="Check the spool file read-only: exit 0 when sound, 1 with what is damaged.",
+    )
+    spool_check.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=CONFIG_HELP)
+    salvage = spool_actions.add_parser(
+        "salvage",
+        help="copy what can be read into a new spool file",
+        description="Copy every readable row of a damaged spool file into a new file (--to);"
+        " the damaged file is left as it is. Stop the daemon first.",
+    )
+    salvage.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=CONFIG_HELP)
+    salvage.add_argument("--to", metavar="NEW_FILE", help="the new spool file to write")
+
+    status = command(
+        "status",
+        "show the running daemon's status",
+        "Read the running daemon's /status.json from its admin listener (server.admin_listen)"
+        " and print targets, queues and sources as a table.",
+    )
+    status.add_argument("-c", "--config", help="read server.admin_listen from this config")
     status.add_argument("--url", help="admin base URL (default http://127.0.0.1:9102)")
     status.add_argument(
         "--watch", nargs="?", type=float, const=2.0, metavar="SECONDS", help="refresh (every 2 s)"
     )
 
-    send = commands.add_parser("send", help="POST a JSON file to a relay source (for testing)")
+    send = command(
+        "send",
+        "POST a JSON file to a relay source (for testing)",
+        "POST a JSON file to one of the relay's sources, signed like a Statsig webhook when a"
+        " secret is given; prints the answer.",
+    )
     send.add_argument("url", help="e.g. http://127.0.0.1:8080/webhooks/statsig")
     send.add_argument("file", help="JSON file, or - for standard input")
     send.add_argument(
@@ -85,8 +178,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="sign as Statsig does (default: $STATSIG_WEBHOOK_SECRET)",
     )
     send.add_argument("--header", action="append", default=[], help="extra 'Name: value'")
+    return parser
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The console entry point: a reader that goes away (``| head``) ends the command quietly."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python would print the error again when it flushes stdout at exit: point it nowhere.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # as a command killed by SIGPIPE
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "config", None) == DEFAULT_CONFIG and not Path(DEFAULT_CONFIG).exists():
+        print(_no_config(args.command), file=sys.stderr)
+        return 2
     try:
         if args.command == "send":
             return _send(args)
@@ -98,7 +211,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _spool(load_spool_section(args.config).spool, args.action, args.to)
         config = load_config(args.config)
     except ConfigError as exc:
-        print(f"statsig-relay: config error: {exc}", file=sys.stderr)
+        errors = exc.errors if isinstance(exc, ConfigErrors) else [exc]
+        for error in errors:
+            print(f"statsig-relay: config error: {error}", file=sys.stderr)
+        where = f" in {args.config}" if getattr(args, "config", None) else ""
+        plural = "s" if len(errors) > 1 else ""
+        print(f"statsig-relay: {len(errors)} config error{plural}{where}", file=sys.stderr)
         return 2
     if args.command == "check":
         print(routing_table(config))
@@ -106,10 +224,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _run(config, args.config)
 
 
+def _no_config(command: str) -> str:
+    where = "$RELAY_CONFIG" if "RELAY_CONFIG" in os.environ else "the default"
+    return (
+        f"statsig-relay: no config file: looked for {DEFAULT_CONFIG} ({where}) in"
+        f" {os.getcwd()}; pass one with -c, e.g. statsig-relay {command} -c"
+        " /etc/statsig-relay/config.yaml, or set RELAY_CONFIG"
+    )
+
+
 def _run(config: Config, path: str) -> int:
     from .app import Relay
 
     setup_logging(config.server.log_level, config.server.log_format)
+    for warning in config.warnings:
+        logging.getLogger("relay.config").warning("config warning: %s", warning)
     from prometheus_client import disable_created_metrics
 
     disable_created_metrics()  # the *_created series only add noise to every scrape
@@ -244,6 +373,9 @@ def routing_table(config: Config) -> str:
                 "target; SDK diagnostics hold the server's config URL, key included "
                 "(secret-… keys are redacted)"
             )
+    if config.warnings:
+        lines += ["", "warnings:"]
+        lines.extend(f"  {warning}" for warning in config.warnings)
     return "\n".join(lines)
 
 
@@ -274,7 +406,8 @@ async def _dlq(section: SpoolSection, args: argparse.Namespace) -> int:
             raise dlq.DlqError(
                 "purge deletes for good: name --id, --target or a filter, or give --all"
             )
-        if args.rate is not None and args.rate <= 0:
+        rate = getattr(args, "rate", None)
+        if rate is not None and rate <= 0:
             raise dlq.DlqError("--rate must be a positive number of events per second")
     except dlq.DlqError as exc:
         print(f"statsig-relay: {exc}", file=sys.stderr)
@@ -296,6 +429,8 @@ async def _dlq(section: SpoolSection, args: argparse.Namespace) -> int:
     except dlq.DlqError as exc:
         print(f"statsig-relay: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # the reader went away (| head): main() ends quietly
+        raise
     except Exception as exc:  # the store went away mid-command
         print(f"statsig-relay: spool error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
@@ -309,10 +444,16 @@ async def _dlq_action(
     from . import dlq
 
     if args.action in ("list", "show"):
-        if not chosen:
+        as_json = getattr(args, "json", False)
+        if not chosen and not as_json:
             print("no dead letters match" if flt.narrows else "the dead-letter queue is empty")
+        elif not as_json:
+            print("ID\tTARGET\tROUTE\tEVENTS\tATTEMPTS\tDEAD AT\tREASON")
         for picked in chosen[: args.limit]:
             row = picked.row
+            if as_json:
+                print(orjson.dumps(_dead_row(picked)).decode())
+                continue
             dead_at = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(row.dead_at_ms / 1000))
             count = f"{picked.count} events" + ("" if picked.whole else f" (of {row.count})")
             print(
@@ -323,7 +464,7 @@ async def _dlq_action(
                 for event in picked.taken:
                     print("    " + orjson.dumps(event).decode())
         if len(chosen) > args.limit:
-            print(f"... {len(chosen) - args.limit} more rows (--limit)")
+            print(f"... {len(chosen) - args.limit} more rows (--limit)", file=sys.stderr)
     elif args.action == "replay":
         total = sum(s.count for s in chosen)
         pace = f" at ≤{args.rate:g} events/s" if args.rate else ""
@@ -335,6 +476,23 @@ async def _dlq_action(
         deleted = await dlq.purge(spool, chosen)
         print(f"purged {deleted} events")
     return 0
+
+
+def _dead_row(picked: Selected) -> dict[str, object]:
+    """``dlq list --json``: one row as an object (``events`` selected of ``row_events``)."""
+    from .dlq import iso_time
+
+    row = picked.row
+    return {
+        "id": row.id,
+        "target": row.target,
+        "route": row.route,
+        "events": picked.count,
+        "row_events": row.count,
+        "attempts": row.attempts,
+        "dead_at": iso_time(row.dead_at_ms),
+        "reason": row.reason,
+    }
 
 
 async def _dlq_export(
@@ -370,7 +528,7 @@ def _status(args: argparse.Namespace) -> int:
                 with urllib.request.urlopen(url, timeout=10) as response:
                     text = render_text(orjson.loads(response.read()))
             except (OSError, ValueError) as exc:
-                print(f"statsig-relay: cannot read {url}: {exc}", file=sys.stderr)
+                print(f"statsig-relay: cannot read {url}: {exc}{_not_admin(exc)}", file=sys.stderr)
                 if not args.watch:
                     return 1
                 text = f"statsig-relay: cannot read {url}: {exc}"
@@ -381,6 +539,17 @@ def _status(args: argparse.Namespace) -> int:
             time.sleep(args.watch)
     except KeyboardInterrupt:
         return 0
+
+
+def _not_admin(exc: Exception) -> str:
+    """A 404 for /status.json: most likely the public listener was named, not the admin one."""
+    if isinstance(exc, urllib.error.HTTPError) and exc.code == 404:
+        return (
+            "; this looks like the public listener (server.listen): status reads the admin"
+            " listener, server.admin_listen (default 127.0.0.1:9102); pass --url with that"
+            " address or -c with the daemon's config"
+        )
+    return ""
 
 
 def _send(args: argparse.Namespace) -> int:

@@ -7,25 +7,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from .events import CONFIG_CHANGE
 from .guard import check_source, parse_networks
 from .router import RouteConfig
-from .schema import ByteSize, ConfigError, Duration, build
+from .schema import ByteSize, ConfigError, Duration, build, flatten, is_secret, raise_all
 from .sources import SOURCES, SourceConfig
 from .spool.backends import spool_config
 from .targets import TARGETS, TargetConfig
 
-_VAR = re.compile(r"\$\{([^${}]+)\}")
+T = TypeVar("T")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
@@ -81,6 +82,8 @@ class Config:
     targets: dict[str, TargetConfig]
     routes: list[RouteConfig]
     path: str = ""
+    # Not errors, but likely mistakes: `check` prints them, `run` logs them.
+    warnings: list[str] = field(default_factory=list)
 
 
 def split_host_port(address: str) -> tuple[str, int]:
@@ -126,63 +129,209 @@ def _is_ip(text: str, kind: type[ipaddress.IPv4Address | ipaddress.IPv6Address])
     return True
 
 
-def expand(value: Any, env: Mapping[str, str], path: str = "") -> Any:
-    """Expand ``${...}`` in every string of a parsed YAML tree; errors name the path."""
+@dataclass
+class Expansion:
+    """What expanding a YAML tree found: unset variables (errors, all of them) and variables
+    set to the empty string (checked once the fields they land in are known)."""
+
+    errors: list[ConfigError] = field(default_factory=list)
+    empty: list[tuple[str, str]] = field(default_factory=list)  # (YAML path, variable)
+
+
+def expand(
+    value: Any, env: Mapping[str, str], path: str = "", found: Expansion | None = None
+) -> Any:
+    """Expand ``${...}`` in every string of a parsed YAML tree; errors name the path. Without
+    ``found`` the first error is raised; with it, every error is collected there."""
+    collect = found if found is not None else Expansion()
+    result = _expand_tree(value, env, path, collect)
+    if found is None and collect.errors:
+        raise collect.errors[0]
+    return result
+
+
+def _expand_tree(value: Any, env: Mapping[str, str], path: str, found: Expansion) -> Any:
     if isinstance(value, dict):
-        return {k: expand(v, env, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+        return {
+            k: _expand_tree(v, env, f"{path}.{k}" if path else str(k), found)
+            for k, v in value.items()
+        }
     if isinstance(value, list):
-        return [expand(v, env, f"{path}[{i}]") for i, v in enumerate(value)]
+        return [_expand_tree(v, env, f"{path}[{i}]", found) for i, v in enumerate(value)]
     if not isinstance(value, str) or "${" not in value:
         return value
+    return _expand_text(value, env, path, found)
 
-    def substitute(match: re.Match[str]) -> str:
-        expr = match.group(1)
-        if expr.startswith("file:"):
-            file_path = expr[5:]
-            try:
-                return Path(file_path).read_text().strip()
-            except OSError as exc:
-                raise ConfigError(
-                    path, f"cannot read secret file {file_path}: {exc.strerror}"
-                ) from None
-        name, sep, default = expr.partition(":-")
-        if name in env:
-            return env[name]
-        if sep:
-            return default
-        raise ConfigError(path, f"environment variable {name} is not set")
 
-    # Inner expressions first, so ${file:${CREDENTIALS_DIRECTORY}/x} works.
-    previous = None
-    while previous != value and "${" in value:
-        previous, value = value, _VAR.sub(substitute, value)
-    return value
+def _expand_text(text: str, env: Mapping[str, str], path: str, found: Expansion) -> str:
+    """One string. A default is expanded only when it is used, so
+    ``${URL:-https://${TENANT}.example.com}`` needs TENANT only when URL is unset."""
+    out: list[str] = []
+    i = 0
+    while (start := text.find("${", i)) >= 0:
+        end = _closing_brace(text, start)
+        if end < 0:  # no closing brace: the rest is literal text
+            break
+        out.append(text[i:start])
+        out.append(_evaluate(text[start + 2 : end], env, path, found))
+        i = end + 1
+    out.append(text[i:])
+    return "".join(out)
+
+
+def _closing_brace(text: str, start: int) -> int:
+    depth, k = 0, start
+    while k < len(text):
+        if text.startswith("${", k):
+            depth, k = depth + 1, k + 2
+            continue
+        if text[k] == "}":
+            depth -= 1
+            if depth == 0:
+                return k
+        k += 1
+    return -1
+
+
+def _evaluate(expr: str, env: Mapping[str, str], path: str, found: Expansion) -> str:
+    if expr.startswith("file:"):
+        file_path = _expand_text(expr[5:], env, path, found)
+        try:
+            return Path(file_path).read_text().strip()
+        except OSError as exc:
+            found.errors.append(
+                ConfigError(path, f"cannot read secret file {file_path}: {exc.strerror}")
+            )
+            return ""
+    name, sep, default = expr.partition(":-")
+    if name in env:
+        if env[name] == "":
+            found.empty.append((path, name))
+        return env[name]
+    if sep:
+        return _expand_text(default, env, path, found)
+    found.errors.append(ConfigError(path, f"environment variable {name} is not set"))
+    return ""
 
 
 def parse_config(text: str, env: Mapping[str, str] | None = None, path: str = "") -> Config:
+    """The whole file, validated. Every error found is reported at once (ConfigErrors), except
+    those that only follow from another (a field holding an unset variable, a route naming a
+    target that failed to build)."""
     raw = _parse_yaml(text, path or "config")
-    raw = expand(raw, os.environ if env is None else env)
+    found = Expansion()
+    raw = expand(raw, os.environ if env is None else env, "", found)
+    check = _Collector([e.path for e in found.errors])
+    check.add(*found.errors)
+    warnings: list[str] = []
+    for where, variable in found.empty:
+        in_headers, in_secret = _field_kind(raw, where)
+        if in_headers:
+            warnings.append(
+                f"{where}: environment variable {variable} is set but empty; the header is"
+                " sent with what is left of its value"
+            )
+        elif in_secret:  # a credential sent, or accepted, as nothing
+            check.refuse(
+                ConfigError(
+                    where,
+                    f"environment variable {variable} is set but empty; a credential cannot be"
+                    " empty",
+                )
+            )
     known = {"server", "spool", "sources", "targets", "routes"}
     for key in raw:
         if key not in known:
-            raise ConfigError(str(key), f"unknown key; expected one of: {', '.join(sorted(known))}")
-    server = build(ServerConfig, raw.get("server"), "server")
-    spool = spool_config(raw.get("spool"), "spool")
-    sources = _components(
-        raw.get("sources"), "sources", {k: v.config_class for k, v in SOURCES.items()}
-    )
-    targets = _components(
-        raw.get("targets"), "targets", {k: v.config_class for k, v in TARGETS.items()}
-    )
+            check.add(
+                ConfigError(str(key), f"unknown key; expected one of: {', '.join(sorted(known))}")
+            )
+    server = check.run(lambda: build(ServerConfig, raw.get("server"), "server"))
+    spool = check.run(lambda: spool_config(raw.get("spool"), "spool"))
+    source_classes = {k: v.config_class for k, v in SOURCES.items()}
+    target_classes = {k: v.config_class for k, v in TARGETS.items()}
+    sources = _components(raw.get("sources"), "sources", source_classes, check)
+    targets = _components(raw.get("targets"), "targets", target_classes, check)
     routes_raw = raw.get("routes") or []
+    routes: list[RouteConfig] = []
     if not isinstance(routes_raw, list):
-        raise ConfigError("routes", "expected a list of routes")
-    routes = [build(RouteConfig, r, f"routes[{i}]") for i, r in enumerate(routes_raw)]
-    _check_routes(routes, sources, targets)
-    _check_paths(sources)
+        check.add(ConfigError("routes", "expected a list of routes"))
+        routes_raw = []
+    for i, r in enumerate(routes_raw):
+        route = check.run(lambda r=r, i=i: build(RouteConfig, r, f"routes[{i}]"))
+        if route is not None:
+            routes.append(route)
+    # A name that is in the file but failed to build was reported already.
+    declared = (_names(raw.get("sources")), _names(raw.get("targets")))
+    _check_routes(routes, sources, targets, declared, check)
+    check.run(lambda: _check_paths(sources))
+    raise_all(check.errors)
     return Config(
-        server=server, spool=spool, sources=sources, targets=targets, routes=routes, path=path
+        server=server,
+        spool=spool,
+        sources=sources,
+        targets=targets,
+        routes=routes,
+        path=path,
+        warnings=warnings,
     )
+
+
+class _Collector:
+    """Errors of a whole config, in the order found; an error about a field that holds an
+    unset variable (or about its section) is left out: it only repeats that one."""
+
+    def __init__(self, unset: list[str]) -> None:
+        self.unset = unset
+        self.errors: list[ConfigError] = []
+
+    def _follows(self, path: str) -> bool:
+        return any(path == u or _inside(path, u) or _inside(u, path) for u in self.unset)
+
+    def add(self, *errors: ConfigError) -> None:
+        for error in flatten(list(errors)):
+            if any(str(e) == str(error) for e in self.errors):
+                continue
+            unset = error.path in self.unset and "is not set" in error.message
+            if unset or "cannot read secret file" in error.message or not self._follows(error.path):
+                self.errors.append(error)
+
+    def refuse(self, error: ConfigError) -> None:
+        """An error that explains the others at its path (like an unset variable)."""
+        self.unset.append(error.path)
+        self.errors.append(error)
+
+    def run(self, make: Callable[[], T]) -> T | None:
+        try:
+            return make()
+        except ConfigError as exc:
+            self.add(exc)
+            return None
+
+
+def _inside(path: str, parent: str) -> bool:
+    return bool(parent) and path.startswith((parent + ".", parent + "["))
+
+
+def _names(section: Any) -> list[str]:
+    return [str(name) for name in section] if isinstance(section, dict) else []
+
+
+def _field_kind(raw: dict[str, Any], path: str) -> tuple[bool, bool]:
+    """Whether the YAML ``path`` (``targets.hooks.headers.Authorization``) lies in a
+    ``headers`` mapping, and whether in a secret field, from the component's config class."""
+    parts = re.findall(r"[^.\[\]]+", path)
+    if len(parts) < 3 or parts[0] not in ("sources", "targets"):
+        return False, False
+    section, name, key = parts[:3]
+    entry = (raw.get(section) or {}).get(name)
+    registry = SOURCES if section == "sources" else TARGETS
+    kind = entry.get("type") if isinstance(entry, dict) else None
+    if kind not in registry:
+        return False, False
+    for known in dataclasses.fields(registry[kind].config_class):
+        if known.metadata.get("key", known.name) == key:
+            return key == "headers", is_secret(known)
+    return False, False
 
 
 def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
@@ -256,59 +405,97 @@ def _read(path: str | os.PathLike[str]) -> str:
         raise ConfigError("", f"cannot read config {path}: {exc.strerror}") from None
 
 
-def _components(raw: Any, section: str, classes: dict[str, type]) -> dict[str, Any]:
+def _components(
+    raw: Any, section: str, classes: dict[str, type], check: _Collector
+) -> dict[str, Any]:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise ConfigError(section, "expected a mapping of name: {type: ..., ...}")
+        check.add(ConfigError(section, "expected a mapping of name: {type: ..., ...}"))
+        return {}
     built = {}
     for name, data in raw.items():
         where = f"{section}.{name}"
         if not isinstance(data, dict):
-            raise ConfigError(where, "expected a mapping with a type")
+            check.add(ConfigError(where, "expected a mapping with a type"))
+            continue
         kind = data.get("type")
         if kind not in classes:
-            raise ConfigError(
-                f"{where}.type",
-                f"unknown type {kind!r}; one of: {', '.join(sorted(classes))}"
-                if kind
-                else f"required; one of: {', '.join(sorted(classes))}",
+            check.add(
+                ConfigError(
+                    f"{where}.type",
+                    f"unknown type {kind!r}; one of: {', '.join(sorted(classes))}"
+                    if kind
+                    else f"required; one of: {', '.join(sorted(classes))}",
+                )
             )
-        built[str(name)] = build(classes[kind], data, where)
+            continue
+        component = check.run(
+            lambda kind=kind, data=data, where=where: build(classes[kind], data, where)
+        )
+        if component is not None:
+            built[str(name)] = component
     return built
 
 
 def _check_routes(
-    routes: list[RouteConfig], sources: dict[str, Any], targets: dict[str, Any]
+    routes: list[RouteConfig],
+    sources: dict[str, Any],
+    targets: dict[str, Any],
+    declared: tuple[list[str], list[str]],
+    check: _Collector,
 ) -> None:
     names: set[str] = set()
     for i, route in enumerate(routes):
-        where = f"routes[{i}]"
-        if route.name in names:
-            raise ConfigError(f"{where}.name", f"duplicate route name {route.name!r}")
-        names.add(route.name)
-        if not route.sources:
-            raise ConfigError(f"{where}.from", "names no source")
-        for j, source in enumerate(route.sources):
-            if source not in sources:
-                raise ConfigError(
+        check.run(
+            lambda i=i, route=route: _check_route(i, route, names, sources, targets, declared)
+        )
+
+
+def _check_route(
+    i: int,
+    route: RouteConfig,
+    names: set[str],
+    sources: dict[str, Any],
+    targets: dict[str, Any],
+    declared: tuple[list[str], list[str]],
+) -> None:
+    where = f"routes[{i}]"
+    errors: list[ConfigError] = []
+    if route.name in names:
+        errors.append(ConfigError(f"{where}.name", f"duplicate route name {route.name!r}"))
+    names.add(route.name)
+    if not route.sources:
+        errors.append(ConfigError(f"{where}.from", "names no source"))
+    for j, source in enumerate(route.sources):
+        if source not in sources and source not in declared[0]:
+            errors.append(
+                ConfigError(
                     f"{where}.from[{j}]",
-                    f"no source named {source!r}; sources: {', '.join(sources) or 'none'}",
+                    f"no source named {source!r}; sources: {', '.join(declared[0]) or 'none'}",
                 )
-        if route.to not in targets:
-            known = ", ".join(targets) or "none"
-            raise ConfigError(f"{where}.to", f"no target named {route.to!r}; targets: {known}")
+            )
+    if route.to not in targets:
+        if route.to not in declared[1]:
+            known = ", ".join(declared[1]) or "none"
+            errors.append(
+                ConfigError(f"{where}.to", f"no target named {route.to!r}; targets: {known}")
+            )
+    else:
         kind = targets[route.to].type
         if TARGETS[kind].only_config_changes and not route.filter.selects_only(CONFIG_CHANGE):
-            raise ConfigError(
-                f"{where}.filter",
-                f"route {route.name!r} to target {route.to!r}: a {kind} target carries config"
-                " changes only; add filter: {categories: [config_change]}",
+            errors.append(
+                ConfigError(
+                    f"{where}.filter",
+                    f"route {route.name!r} to target {route.to!r}: a {kind} target carries"
+                    " config changes only; add filter: {categories: [config_change]}",
+                )
             )
-        try:
-            route.rename_config()
-        except ConfigError as exc:
-            raise ConfigError(f"{where}.{exc.path}", exc.message) from None
+    try:
+        route.rename_config()
+    except ConfigError as exc:
+        errors.append(ConfigError(f"{where}.{exc.path}", exc.message))
+    raise_all(errors)
 
 
 def _check_paths(sources: dict[str, Any]) -> None:

@@ -172,6 +172,7 @@ class Deliverer:
             sends,
             events,
             self.name,
+            extra={"target": self.name, "count": events},
         )
         _, pending = await asyncio.wait(self._inflight, timeout=grace)
         if pending:
@@ -185,6 +186,7 @@ class Deliverer:
                 len(pending),
                 left,
                 self.name,
+                extra={"target": self.name, "count": left},
             )
 
     def abandon(self) -> None:
@@ -238,6 +240,7 @@ class Deliverer:
                         POLL_SECONDS,
                         left_out,
                         exc_info=exc,
+                        extra={"target": self.name, "reason": "spool_claim_failed"},
                     )
                 await self._sleep(wakeup, POLL_SECONDS)
                 continue
@@ -279,7 +282,12 @@ class Deliverer:
         self._inflight.pop(task, None)
         self._slots.release()
         if not task.cancelled() and task.exception() is not None:
-            logger.error("target %s: delivery task failed", self.name, exc_info=task.exception())
+            logger.error(
+                "target %s: delivery task failed",
+                self.name,
+                exc_info=task.exception(),
+                extra={"target": self.name},
+            )
 
     def _probe_done(self, probe: bool) -> None:
         if probe:
@@ -342,7 +350,12 @@ class Deliverer:
             try:
                 renewed = await self.spool.renew(rows, self._lease)
             except Exception as exc:
-                logger.warning("target %s: renewing a claim failed: %s", self.name, exc)
+                logger.warning(
+                    "target %s: renewing a claim failed: %s",
+                    self.name,
+                    exc,
+                    extra={"target": self.name, "reason": str(exc)},
+                )
                 continue
             if renewed < len(rows):
                 lost = len(rows) - renewed
@@ -352,6 +365,7 @@ class Deliverer:
                     "replica may deliver them too",
                     self.name,
                     lost,
+                    extra={"target": self.name, "count": lost, "reason": "lease_lost"},
                 )
 
     async def _deliver_claimed(self, rows: list[SpoolRow], probe: bool) -> None:
@@ -396,6 +410,12 @@ class Deliverer:
                 self.name,
                 sum(r.count for r in expired),
                 reason,
+                extra={
+                    "target": self.name,
+                    "route": expired[0].route,
+                    "count": sum(r.count for r in expired),
+                    "reason": reason,
+                },
             )
         return [r for r in rows if now - r.first_received_ms < max_age_ms]
 
@@ -412,7 +432,12 @@ class Deliverer:
                 try:
                     chunks.extend(one.chunks(cfg.batch_max_events, cfg.batch_max_bytes))
                 except Exception as exc:
-                    logger.warning("target %s: a stored row cannot be read: %s", self.name, exc)
+                    logger.warning(
+                        "target %s: a stored row cannot be read: %s",
+                        self.name,
+                        exc,
+                        extra={"target": self.name, "reason": str(exc)},
+                    )
                     result.dead.append((one, f"{ENCODE_ERROR}: unreadable row: {exc}"[:300]))
             return chunks
 
@@ -456,13 +481,24 @@ class Deliverer:
         that cannot even be read back is dead-lettered alone; otherwise bisect."""
         reason = f"{ENCODE_ERROR}: {type(exc).__name__}: {exc}"[:300]
         if batch.count == 1:
-            logger.warning("target %s: cannot encode an event: %s", self.name, exc, exc_info=exc)
+            logger.warning(
+                "target %s: cannot encode an event: %s",
+                self.name,
+                exc,
+                exc_info=exc,
+                extra={"target": self.name, "reason": "encode_error"},
+            )
             result.dead.append((batch, reason))
             return
         readable, unreadable = batch.readable()
         if unreadable:
             for one, why in unreadable:
-                logger.warning("target %s: cannot read a stored event: %s", self.name, why)
+                logger.warning(
+                    "target %s: cannot read a stored event: %s",
+                    self.name,
+                    why,
+                    extra={"target": self.name, "reason": why},
+                )
                 result.dead.append((one, f"{ENCODE_ERROR}: {why}"[:300]))
             if readable.count:
                 queue.append(readable)
@@ -574,6 +610,12 @@ class Deliverer:
                 self.name,
                 batch.count,
                 outcome.reason,
+                extra={
+                    "target": self.name,
+                    "count": batch.count,
+                    "reason": outcome.reason,
+                    "status": outcome.status,
+                },
             )
             if not self.health.failing:
                 self._hold_kind = UNREACHABLE  # the kind, should failing_after pass
@@ -622,6 +664,19 @@ class Deliverer:
                 reason = self._exhausted_reason(attempts, outcome)
                 await self.spool.dead_letter(rows, reason, now, attempts)
                 self._m_dead.labels(self.name, "exhausted").inc(batch.count)
+                logger.warning(
+                    "target %s: dead-lettered %d events: %s",
+                    self.name,
+                    batch.count,
+                    reason,
+                    extra={
+                        "target": self.name,
+                        "route": rows[0].route,
+                        "count": batch.count,
+                        "reason": reason,
+                        "status": outcome.status,
+                    },
+                )
                 return
             next_attempt = now + self._backoff_ms(attempts, outcome)
             self._retry_at = next_attempt / 1000
@@ -655,7 +710,18 @@ class Deliverer:
         for part, reason in result.dead:
             dead.append(dead_from(template, reason, now, part.stored_json(), part.count, attempts))
             self._m_dead.labels(self.name, _reason_label(reason)).inc(part.count)
-            logger.warning("target %s: dead-lettered %d events: %s", self.name, part.count, reason)
+            logger.warning(
+                "target %s: dead-lettered %d events: %s",
+                self.name,
+                part.count,
+                reason,
+                extra={
+                    "target": self.name,
+                    "route": template.route,
+                    "count": part.count,
+                    "reason": reason,
+                },
+            )
         await self.spool.settle(rows, requeue, dead)
 
     async def _hold(self, rows: list[SpoolRow], now: int) -> None:

@@ -272,8 +272,8 @@ def export_lines(chosen: list[Selected]) -> Iterator[bytes]:
                         "route": row.route,
                         "reason": row.reason,
                         "attempts": row.attempts,
-                        "dead_at": _iso(row.dead_at_ms),
-                        "first_received": _iso(row.first_received_ms),
+                        "dead_at": iso_time(row.dead_at_ms),
+                        "first_received": iso_time(row.first_received_ms),
                         "event": event,
                     }
                 )
@@ -281,5 +281,5 @@ def export_lines(chosen: list[Selected]) -> Iterator[bytes]:
             )
 
 
-def _iso(ms: int) -> str:
+def iso_time(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"

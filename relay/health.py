@@ -78,6 +78,7 @@ class TargetHealth:
                 self.state.value,
                 now - self.since,
                 self.reason,
+                extra={"target": self.name, "reason": self.reason},
             )
             self.probe_at = 0.0
             self._set(State.OK, "", now)
@@ -100,6 +101,7 @@ class TargetHealth:
                 self.name,
                 reason,
                 self.failing_after,
+                extra={"target": self.name, "reason": reason},
             )
             self._set(State.DEGRADED, reason, now)
         else:
@@ -116,7 +118,12 @@ class TargetHealth:
         self.proven = False
         self.reject_streak = 0  # a probe gets its own budget of rejections
         if self.state is not State.FAILING:
-            logger.error("target %s: failing, holding its events: %s", self.name, reason)
+            logger.error(
+                "target %s: failing, holding its events: %s",
+                self.name,
+                reason,
+                extra={"target": self.name, "reason": reason},
+            )
             self._set(State.FAILING, reason, now)
         else:
             self.reason = reason

@@ -114,7 +114,12 @@ class Ingest:
                     )
                     guard.decorate(request, response)
             except Exception:  # a bug: visible (log, metric), and a JSON answer, not aiohttp's
-                logger.exception("source %s: internal error on %s", source.name, request.path)
+                logger.exception(
+                    "source %s: internal error on %s",
+                    source.name,
+                    request.path,
+                    extra={"source": source.name, "status": 500},
+                )
                 internal_errors.inc()
                 response = error_response(500, "internal error; see the relay's log")
             status = response.status
@@ -160,6 +165,7 @@ class Ingest:
                     source.name,
                     request.remote,
                     exc.reason,
+                    extra={"source": source.name, "status": exc.status, "reason": exc.reason},
                 )
             response = error_response(exc.status, exc.reason)
             if exc.close:
@@ -201,6 +207,12 @@ class Ingest:
                     len(events),
                     left_out,
                     exc_info=exc,
+                    extra={
+                        "source": source.name,
+                        "count": len(events),
+                        "status": 503,
+                        "reason": "spool_commit_failed",
+                    },
                 )
             return error_response(
                 503, "could not store the events; retry later", {"Retry-After": self.retry_after}

@@ -9,8 +9,15 @@ from collections.abc import Callable
 
 import orjson
 
+# Fields a log call may give in ``extra=`` (the text format keeps them in its sentence): the JSON
+# format puts each in its own key, so a log store can filter by target or route.
+FIELDS = ("target", "route", "source", "count", "reason", "status")
+
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``ts``, ``level``, ``logger``, ``msg``, then those of
+    :data:`FIELDS` the call gave, and ``exc`` with a traceback."""
+
     def format(self, record: logging.LogRecord) -> str:
         entry = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
@@ -19,6 +26,11 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        fields = record.__dict__
+        for key in FIELDS:
+            value = fields.get(key)
+            if value is not None:
+                entry[key] = value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(entry).decode()

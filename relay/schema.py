@@ -57,6 +57,35 @@ class ConfigError(ValueError):
         super().__init__(f"{path}: {message}" if path else message)
 
 
+class ConfigErrors(ConfigError):
+    """Several config errors found in one pass; ``errors`` in the order of the file."""
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        self.errors = flatten(errors)
+        first = self.errors[0]
+        super().__init__(first.path, first.message)
+        self.args = ("\n".join(str(e) for e in self.errors),)
+
+    def __str__(self) -> str:
+        return "\n".join(str(e) for e in self.errors)
+
+
+def flatten(errors: list[ConfigError]) -> list[ConfigError]:
+    out: list[ConfigError] = []
+    for error in errors:
+        out.extend(error.errors if isinstance(error, ConfigErrors) else [error])
+    return out
+
+
+def raise_all(errors: list[ConfigError]) -> None:
+    """Nothing when ``errors`` is empty; the one error; or all of them as ConfigErrors."""
+    errors = flatten(errors)
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise ConfigErrors(errors)
+
+
 class ByteSize(int):
     """A size in bytes; accepts ``5MiB``, ``512KB``, ``1GiB`` or a plain integer."""
 
@@ -194,19 +223,27 @@ def build(cls: type[T], data: Any, path: str = "", hide: bool = False) -> T:
         for f in dataclasses.fields(cls)  # type: ignore[arg-type]
         if f.init
     }
-    unknown = [k for k in data if k not in fields]
-    if unknown:
-        where = f"{path}.{unknown[0]}" if path else str(unknown[0])
-        raise ConfigError(where, f"unknown key; expected one of: {', '.join(sorted(fields))}")
+    # Every unknown, missing or wrong key of the section, not only the first.
+    errors: list[ConfigError] = []
+    for key in data:
+        if key not in fields:
+            where = f"{path}.{key}" if path else str(key)
+            errors.append(
+                ConfigError(where, f"unknown key; expected one of: {', '.join(sorted(fields))}")
+            )
     kwargs = {}
     for key, field in fields.items():
         field_path = f"{path}.{key}" if path else key
         if key in data:
-            kwargs[field.name] = convert(
-                data[key], hints[field.name], field_path, hide or is_secret(field)
-            )
+            try:
+                kwargs[field.name] = convert(
+                    data[key], hints[field.name], field_path, hide or is_secret(field)
+                )
+            except ConfigError as exc:
+                errors.append(exc)
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
-            raise ConfigError(field_path, "required key is missing")
+            errors.append(ConfigError(field_path, "required key is missing"))
+    raise_all(errors)
     secrets = [
         kwargs[f.name]
         for f in dataclasses.fields(cls)
@@ -240,10 +277,12 @@ def _without(message: str, secrets: list[Any]) -> str:
 __all__ = [
     "ByteSize",
     "ConfigError",
+    "ConfigErrors",
     "Duration",
     "build",
     "convert",
     "parse_duration",
     "parse_size",
+    "raise_all",
     "secret",
 ]

@@ -105,7 +105,7 @@ def test_dlq_reads_only_the_spool_section_an_unset_secret_elsewhere_does_not_mat
 ) -> None:
     code, out, err = run(capsys, "dlq", "list", "-c", str(dlq))
     assert code == 0, err
-    assert [line.split("\t")[0] for line in out.splitlines()] == ["1", "2", "3"]
+    assert [line.split("\t")[0] for line in out.splitlines()] == ["ID", "1", "2", "3"]
 
 
 def test_a_missing_spool_file_is_an_error_naming_it_and_nothing_is_created(

@@ -10,6 +10,8 @@ import pytest
 
 from relay.config import parse_config
 from relay.schema import ConfigError
+from relay.targets.base import Batch
+from relay.targets.statsig import StatsigConfig, StatsigTarget
 from tests.conftest import RelayFactory, post, public_url, scraped_metric
 from tests.fakes import FakeTarget, FakeTargetFactory
 
@@ -69,6 +71,7 @@ async def test_log_event_gzipped_with_the_sdk_headers_is_accepted_like_statsig(
         "value": 3,
         "metadata": {"sku": "A-1", "qty": "2"},
         "timestamp": 1_717_000_000_123,
+        "statsigMetadata": {"sdkType": "py-server", "sdkVersion": "0.72.1"},
     }
     assert second["timestamp"] == 1_717_632_000_000 and second["value"] == "home"
 
@@ -239,3 +242,45 @@ def test_config_requires_api_keys_unless_explicitly_open() -> None:
     assert err.value.path == "sources.sdk.path_prefix"
     opened = parse_config(base % ", require_key: false, path_prefix: /", {})
     assert opened.sources["sdk"].path_prefix == ""
+
+
+async def test_two_sdks_in_one_batch_to_statsig_each_keep_their_identity(
+    relay_factory: RelayFactory, fake_targets: FakeTargetFactory
+) -> None:
+    """The SDK proxy: Statsig sees which SDK sent each event, not only the relay's identity."""
+    fake = await fake_targets()
+    relay = await relay_factory(f"""
+sources:
+  sdk: {{type: statsig_events, api_keys: ["{KEY}"]}}
+targets:
+  statsig: {{type: statsig, server_secret: secret-out, url: "{fake.url}/v1/log_event",
+             linger: 0s}}
+routes: [{{name: sdk-to-statsig, from: sdk, to: statsig}}]
+""")
+    senders = [
+        ({"sdkType": "py-server", "sdkVersion": "0.72.1"}, [sdk_event("a"), sdk_event("b")]),
+        ({"sdkType": "javascript-client", "sdkVersion": "3.1.0", "stableID": "s9"}, [
+            sdk_event("c", statsigMetadata={"gate": "g1"})]),
+    ]  # fmt: skip
+    for meta, events in senders:
+        status, _, _ = await post(
+            public_url(relay, "/statsig/v1/log_event"),
+            orjson.dumps({"events": events, "statsigMetadata": meta}),
+            {"Content-Type": "application/json", "statsig-api-key": KEY},
+        )
+        assert status == 202
+    await fake.wait_for(lambda: sum(len(r.json["events"]) for r in fake.requests) == 3)
+    by_name = {}
+    for request in fake.requests:  # one batch or two, as the deliverer claimed them
+        assert request.headers["User-Agent"].startswith("statsig-relay/")
+        assert request.json["statsigMetadata"]["sdkType"] == "statsig-relay"  # the batch's sender
+        by_name.update({e["eventName"]: e["statsigMetadata"] for e in request.json["events"]})
+    assert by_name["a"] == by_name["b"] == {"sdkType": "py-server", "sdkVersion": "0.72.1"}
+    js = {"sdkType": "javascript-client", "sdkVersion": "3.1.0", "stableID": "s9", "gate": "g1"}
+    assert by_name["c"] == js
+    # And in one batch, as Statsig's log_event gets it: each event names its own SDK.
+    target = StatsigTarget("t", StatsigConfig(server_secret="secret-x", gzip=False))
+    events = [dict(sdk_event(n), timestamp=1, statsigMetadata=m) for n, m in [
+        ("a", by_name["a"]), ("c", js)]]  # fmt: skip
+    body, _ = target.encode(Batch.of_events(events))
+    assert [e["statsigMetadata"] for e in orjson.loads(body)["events"]] == [by_name["a"], js]

@@ -120,6 +120,23 @@ async def test_clock_tolerance_is_configurable(
     assert status == 200
 
 
+async def test_a_timestamp_in_seconds_is_refused_with_a_hint_that_milliseconds_are_expected(
+    relay_factory: RelayFactory, fake_targets: FakeTargetFactory
+) -> None:
+    fake = await fake_targets()
+    relay = await relay_factory(config(fake))
+    body = fixture_bytes("statsig_export_batch.json")
+    seconds = int(time.time())
+    headers = signed_headers("old-secret", body, at_ms=seconds)  # the clock in s, not ms
+    status, payload, _ = await post(webhook_url(relay), body, headers)
+    assert status == 401
+    assert "milliseconds" in payload["error"] and "looks like seconds" in payload["error"]
+    ten_minutes_ago = int(time.time() * 1000) - 600_000
+    stale = signed_headers("old-secret", body, at_ms=ten_minutes_ago)
+    status, payload, _ = await post(webhook_url(relay), body, stale)
+    assert status == 401 and "seconds" not in payload["error"].split(")")[-1]
+
+
 HANDSHAKE = {"event": "url_verification", "verification_code": "c0de"}
 
 

@@ -20,7 +20,8 @@ requests work): ``gz=1`` is a gzip body without ``Content-Encoding``; ``se=1`` i
 base64, reversed. Both are undone here (gzip first, as the SDK applies it last), inflating at
 most ``MAX_INFLATED`` bytes. The SDK keeps the stable ID once per request, in the top-level
 ``statsigMetadata.stableID``; it is copied into ``user.customIDs.stableID`` of each event that
-has none, since what reaches Statsig's log_event carries the relay's own statsigMetadata. SDKs send
+has none, and the request's whole ``statsigMetadata`` (the SDK's type and version) is kept on each
+event, since a batch to Statsig's log_event mixes requests from many SDKs. SDKs send
 their own internal events (``statsig::diagnostics``, exposures) too: they are accepted like any
 event and routes filter them. A malformed event is skipped and counted, never the request.
 Answers look like Statsig's: ``202 {"success": true}``.
@@ -149,13 +150,16 @@ class StatsigEventsSource(Source):
             stable_id = request_meta.get("stableID") if isinstance(request_meta, dict) else None
         elif isinstance(document, list):
             items = document
-            stable_id = None
+            stable_id = request_meta = None
         else:
             raise SourceError(400, 'expected {"events": [...]}')
         parsed = _parse_items(items, received_ms, shared_user, webhook=False, deep=deep)
         if isinstance(stable_id, str) and stable_id:
             for event in parsed.events:
                 _add_stable_id(event, stable_id)
+        if isinstance(request_meta, dict) and request_meta:
+            for event in parsed.events:
+                _keep_sdk_identity(event, request_meta)
         return parsed
 
     def answer(self, parsed: Parsed, accepted: int) -> web.Response:
@@ -258,6 +262,17 @@ def _unreverse_base64(body: bytes) -> bytes:
         return base64.b64decode(body.strip()[::-1], validate=True)
     except (binascii.Error, ValueError):
         raise SourceError(400, "se=1 but the body is not reversed base64") from None
+
+
+def _keep_sdk_identity(event: Event, request_meta: dict[str, Any]) -> None:
+    """The request's ``statsigMetadata`` (which SDK sent it: ``sdkType``, ``sdkVersion``, …)
+    onto each event, under the event's own keys: a batch to Statsig mixes requests from many
+    SDKs, and Statsig's log_event reads the identity per event."""
+    own = event.get("statsigMetadata")
+    if isinstance(own, dict) and own:
+        event["statsigMetadata"] = {**request_meta, **own}
+    else:
+        event["statsigMetadata"] = request_meta
 
 
 def _add_stable_id(event: Event, stable_id: str) -> None:

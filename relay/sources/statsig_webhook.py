@@ -126,10 +126,13 @@ class StatsigWebhookSource(Source):
             raise SourceError(401, f"{TIMESTAMP_HEADER} is not epoch milliseconds") from None
         skew = abs(time.time() * 1000 - sent_ms) / 1000
         if skew > self.config.tolerance:
+            hint = ""
+            if abs(time.time() - sent_ms) <= self.config.tolerance:  # the clock in seconds
+                hint = f"; {TIMESTAMP_HEADER} must be epoch milliseconds, this looks like seconds"
             raise SourceError(
                 401,
                 f"signature timestamp is {skew:.0f}s away from now (tolerance "
-                f"{self.config.tolerance:g}s)",
+                f"{self.config.tolerance:g}s){hint}",
                 "stale_signature",
             )
         presented = header_bytes(signature.strip())
@@ -174,7 +177,11 @@ class StatsigWebhookSource(Source):
             code = handshake.get("verification_code")
             if not isinstance(code, str):
                 raise SourceError(400, "url_verification without a verification_code")
-            logger.info("source %s: answered Statsig's url_verification", self.name)
+            logger.info(
+                "source %s: answered Statsig's url_verification",
+                self.name,
+                extra={"source": self.name},
+            )
             return Parsed(
                 reply=web.Response(
                     body=orjson.dumps({"verification_code": code}),

@@ -42,6 +42,7 @@ import aiohttp
 import msgspec
 import orjson
 
+from .. import __version__
 from ..events import Event
 from ..health import TargetHealth
 from ..raw import lenient_loads
@@ -51,6 +52,8 @@ if TYPE_CHECKING:
     from ..metrics import RelayMetrics
 
 logger = logging.getLogger(__name__)
+
+USER_AGENT = f"statsig-relay/{__version__}"
 
 _ROW_ITEMS = msgspec.json.Decoder(list[msgspec.Raw])  # a stored row's events, not parsed
 # An error answer is read up to this much for classify(): a service that lists the events it
@@ -446,6 +449,8 @@ class Target(ABC):
             timeout=aiohttp.ClientTimeout(total=self.config.timeout),
             connector=aiohttp.TCPConnector(limit=max(self.config.concurrency * 2, 4)),
             json_serialize=lambda obj: orjson.dumps(obj).decode(),
+            # Every target names the relay and its version, so a vendor's logs can tell it apart.
+            headers={"User-Agent": USER_AGENT},
         )
 
     async def close(self) -> None:
