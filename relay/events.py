@@ -217,3 +217,14 @@ def content_digest(event: Event) -> str:
     event without ``timeUUID`` (the same event redelivered gets the same key)."""
     digest = hashlib.blake2b(orjson.dumps(event, option=orjson.OPT_SORT_KEYS), digest_size=16)
     return digest.hexdigest()
+
+
+def event_time_ms(event: Event) -> int:
+    """The event's time in epoch ms; now when it has none that can be read."""
+    value = event.get("timestamp")
+    if type(value) is int:
+        return value
+    try:
+        return to_epoch_ms(value)
+    except ValueError:
+        return now_ms()

@@ -46,9 +46,8 @@ from ..events import (
     Event,
     category_of,
     content_digest,
+    event_time_ms,
     exposure_metadata,
-    now_ms,
-    to_epoch_ms,
     user_and_stable_id,
 )
 from ..schema import ByteSize, ConfigError, secret
@@ -139,16 +138,6 @@ def insert_id(event: Event) -> str:
     if time_uuid:
         return cut(str(time_uuid), 128)
     return "relay-" + content_digest(event)
-
-
-def event_time_ms(event: Event) -> int:
-    value = event.get("timestamp")
-    if type(value) is int:
-        return value
-    try:
-        return to_epoch_ms(value)
-    except ValueError:
-        return now_ms()
 
 
 def user_properties(category: str, metadata: Mapping[str, Any]) -> dict[str, str] | None:

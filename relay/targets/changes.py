@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from ..events import CONFIG_CHANGE, Event, category_of, now_ms, to_epoch_ms
+from ..events import CONFIG_CHANGE, Event, category_of, event_time_ms
 from .base import Target
 
 MARK = "…"
@@ -40,17 +40,6 @@ def rfc3339(ms: int) -> str:
     seconds, millis = divmod(ms, 1000)
     text = datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
     return f"{text}.{millis:03d}Z" if millis else f"{text}Z"
-
-
-def event_time_ms(event: Event) -> int:
-    """The event's time in epoch ms; now when it has none that can be read."""
-    value = event.get("timestamp")
-    if type(value) is int:
-        return value
-    try:
-        return to_epoch_ms(value)
-    except ValueError:
-        return now_ms()
 
 
 def clamp_ms(ms: int, now: int, window_ms: int, margin_ms: int) -> int:

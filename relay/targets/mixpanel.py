@@ -51,9 +51,8 @@ from ..events import (
     Event,
     category_of,
     content_digest,
+    event_time_ms,
     exposure_metadata,
-    now_ms,
-    to_epoch_ms,
     user_and_stable_id,
 )
 from ..schema import ByteSize, ConfigError, secret
@@ -116,16 +115,6 @@ def insert_id(event: Event) -> str:
     if isinstance(time_uuid, str) and _INSERT_ID.match(time_uuid):
         return time_uuid
     return content_digest(event)
-
-
-def event_time_ms(event: Event) -> int:
-    value = event.get("timestamp")
-    if type(value) is int:
-        return value
-    try:
-        return to_epoch_ms(value)
-    except ValueError:
-        return now_ms()
 
 
 def clean(value: Any, depth: int = 1) -> Any:
