@@ -71,6 +71,8 @@ HISTORY = re.compile(
     r"|\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*\d)[0-9a-f]{7,40}\b",
     re.I,
 )
+
+
 def page_params() -> list[typing.Any]:
     params = []
     for page in [README, *PAGES]:
