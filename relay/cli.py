@@ -208,7 +208,8 @@ def _main(argv: Sequence[str] | None) -> int:
         if args.command == "dlq":
             return asyncio.run(_dlq(load_spool_section(args.config), args))
         if args.command == "spool":
-            return _spool(load_spool_section(args.config).spool, args.action, args.to)
+            to = getattr(args, "to", None)  # only `salvage` takes --to
+            return _spool(load_spool_section(args.config).spool, args.action, to)
         config = load_config(args.config)
     except ConfigError as exc:
         errors = exc.errors if isinstance(exc, ConfigErrors) else [exc]
