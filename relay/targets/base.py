@@ -28,6 +28,7 @@ The contract, for every target including ones added later:
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import json
 import logging
@@ -494,6 +495,12 @@ class Target(ABC):
     def describe(self) -> str:
         """One line for ``statsig-relay check``; never includes secrets."""
         return self.kind
+
+
+def basic_auth(user: str) -> str:
+    """An ``Authorization`` value of HTTP Basic with ``user`` and an empty password (how
+    Segment write keys and Mixpanel project tokens are sent)."""
+    return "Basic " + base64.b64encode(f"{user}:".encode()).decode()
 
 
 def json_headers(extra: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -31,7 +31,6 @@ LaunchDarkly integration guide for ``$experiment_started``):
 from __future__ import annotations
 
 import asyncio
-import base64
 import gzip
 import math
 import random
@@ -63,6 +62,7 @@ from .base import (
     Target,
     TargetConfig,
     Verdict,
+    basic_auth,
     classify_response,
     parse_retry_after,
 )
@@ -209,9 +209,8 @@ class MixpanelTarget(Target):
     def __init__(self, name: str, config: MixpanelConfig) -> None:
         super().__init__(name, config)
         self.url = config.import_url()
-        token = base64.b64encode(f"{config.project_token}:".encode()).decode()
         self._headers = {
-            "Authorization": f"Basic {token}",
+            "Authorization": basic_auth(config.project_token),
             "Content-Type": "application/json",
             "Content-Encoding": "gzip",
         }

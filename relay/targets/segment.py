@@ -44,7 +44,6 @@ at most 2500 messages and 500 KB.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import logging
 from collections.abc import Mapping
@@ -72,6 +71,7 @@ from .base import (
     Target,
     TargetConfig,
     Verdict,
+    basic_auth,
     classify_response,
     for_the_rest,
     json_headers,
@@ -264,8 +264,7 @@ class SegmentTarget(Target):
     def __init__(self, name: str, config: SegmentConfig) -> None:
         super().__init__(name, config)
         self.url = config.batch_url()
-        token = base64.b64encode(f"{config.write_key}:".encode()).decode()
-        self._headers = json_headers({"Authorization": f"Basic {token}"})
+        self._headers = json_headers({"Authorization": basic_auth(config.write_key)})
 
     async def send(self, batch: Batch) -> Outcome:
         too_large: dict[int, Outcome] = {}
