@@ -132,6 +132,11 @@ def delivered(fake: FakeTarget) -> Counter[str]:
     return Counter(e["timeUUID"] for r in fake.requests if r.status == 200 for e in r.events())
 
 
+def lost_and_duplicated(acked: set[str], counts: Counter[str]) -> tuple[set[str], int]:
+    """Acknowledged events never delivered, and how many deliveries were repeats."""
+    return acked - set(counts), sum(n - 1 for n in counts.values() if n > 1)
+
+
 class Sender:
     """A bounded sender loop: signed batches of 10 to whichever relay URL it is given, keeping
     what was acknowledged and every status seen."""
@@ -262,8 +267,7 @@ async def test_kill_9_of_one_replica_mid_delivery_the_other_delivers_everything(
             # a's requests hang forever: only b's are deliveries.
             await fake.wait_for(lambda: sender.acked <= set(by("b")), timeout=lease + 20)
             counts = by("b")
-            lost = sender.acked - set(counts)
-            dupes = sum(n - 1 for n in counts.values() if n > 1)
+            lost, dupes = lost_and_duplicated(sender.acked, counts)
             print(
                 f"kill -9 replica: {len(sender.acked)} acknowledged, {len(counts)} delivered,"
                 f" {len(lost)} lost, {dupes} duplicated, {len(by('a'))} taken over from a"
@@ -309,8 +313,7 @@ async def test_redis_killed_and_restarted_under_load_loses_nothing_and_never_ans
 
             await fake.wait_for(lambda: sender.acked <= set(delivered(fake)), timeout=30)
             counts = delivered(fake)
-            lost = sender.acked - set(counts)
-            dupes = sum(n - 1 for n in counts.values() if n > 1)
+            lost, dupes = lost_and_duplicated(sender.acked, counts)
             print(
                 f"redis restart: {sum(sender.statuses.values())} requests {dict(sender.statuses)},"
                 f" {len(sender.acked)} acknowledged, {len(counts)} delivered, {len(lost)} lost,"

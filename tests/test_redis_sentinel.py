@@ -24,7 +24,7 @@ import pytest
 
 from tests.daemon import REPO_ROOT, DaemonProcess, free_port
 from tests.fakes import FakeTarget, poll_until
-from tests.test_redis_faults import SECRET, Sender, delivered
+from tests.test_redis_faults import SECRET, Sender, delivered, lost_and_duplicated
 
 PASSWORD = "master-pw-4f1c"  # requirepass of the master and replicas
 SENTINEL_PASSWORD = "sentinel-pw-9b2e"  # requirepass of the sentinel itself
@@ -221,8 +221,7 @@ async def test_master_killed_under_load_sentinel_fails_over_and_nothing_acknowle
 
             await fake.wait_for(lambda: sender.acked <= set(delivered(fake)), timeout=60)
             counts = delivered(fake)
-            lost = sender.acked - set(counts)
-            dupes = sum(n - 1 for n in counts.values() if n > 1)
+            lost, dupes = lost_and_duplicated(sender.acked, counts)
             print(
                 f"sentinel failover: {sum(sender.statuses.values())} requests"
                 f" {dict(sender.statuses)}, {len(sender.acked)} acknowledged"
