@@ -181,14 +181,27 @@ class Ingest:
             self.metrics.events_without_user.labels(source.name).inc(parsed.without_user)
         state_keys: list[tuple[str, int]] = []
         events = parsed.raw if parsed.raw is not None else RawEvents.of_dicts(parsed.events)
+        unless_seen = ""  # the one event's dedup key, checked in the commit
         try:
             if parsed.dedup_keys and source.dedup_window:
-                await self._drop_duplicates(source, parsed, received_ms, state_keys)
+                one = len(parsed.dedup_keys) == 1 and parsed.dedup_keys[0]
+                if one and self.spool.checks_in_commit:
+                    unless_seen = self._claim_one(source, parsed, received_ms, state_keys)
+                else:
+                    await self._drop_duplicates(source, parsed, received_ms, state_keys)
                 events = RawEvents.of_dicts(parsed.events)
+            rows, routed = await self._route(source, events, received_ms, state_keys)
+            if not unless_seen:
+                await self.spool.enqueue(rows, state_keys)
+            elif not await self.spool.enqueue_unless_seen(
+                unless_seen, received_ms, rows, state_keys
+            ):
+                self._dropped_duplicates(source, len(events))
+                events, routed = RawEvents.of_dicts([]), []
             if events:
                 received_counter.inc(len(events))  # type: ignore[attr-defined]
-            rows = await self._route(source, events, received_ms, state_keys)
-            await self.spool.enqueue(rows, state_keys)
+            for counter, count in routed:
+                counter.inc(count)
         except SpoolFull:
             rejected.labels(source.name, "spool_full").inc(len(events))
             return error_response(
@@ -235,16 +248,36 @@ class Ingest:
         events = parsed.events
         dropped = len(events) - len(admission.kept)
         if dropped:
-            self.metrics.events_dropped.labels(f"source:{source.name}", "dedup").inc(dropped)
+            self._dropped_duplicates(source, dropped)
             parsed.events = [events[i] for i in admission.kept]
         parsed.dedup_keys = []
 
+    def _claim_one(
+        self, source: Source, parsed: Parsed, now: int, claimed: list[tuple[str, int]]
+    ) -> str:
+        """The key of a one-event request, claimed into ``claimed`` for the commit to check
+        against the store; "" and the event dropped when a request still committing holds it.
+        (One round trip to the spool instead of a look-up and then a commit.)"""
+        key = f"src:{source.name}:{parsed.dedup_keys[0]}"
+        parsed.dedup_keys = []
+        expires = now + int((source.dedup_window or 0) * 1000)
+        if self.ledger.claim(key, expires, claimed):
+            return key
+        self._dropped_duplicates(source, len(parsed.events))
+        parsed.events = []
+        return ""
+
+    def _dropped_duplicates(self, source: Source, count: int) -> None:
+        self.metrics.events_dropped.labels(f"source:{source.name}", "dedup").inc(count)
+
     async def _route(
         self, source: Source, events: RawEvents, now: int, claimed: list[tuple[str, int]]
-    ) -> list[NewRow]:
-        """One row per route that keeps any of ``events``; the routes' new state keys are
-        claimed into ``claimed``."""
+    ) -> tuple[list[NewRow], list[tuple[Any, int]]]:
+        """One row per route that keeps any of ``events``, and each route's counter with its
+        count (for the caller to add once committed); the routes' new state keys are claimed
+        into ``claimed``."""
         rows: list[NewRow] = []
+        routed: list[tuple[Any, int]] = []
         for route, picked in self.router.select(source.name, events.names, events.event):
             if route.stateful:
                 admission = await self.ledger.admit(
@@ -276,8 +309,8 @@ class Ingest:
                 if redacted:
                     self._redacted[route.name].inc(redacted)
             rows.append(row)
-            self._routed[route.name].inc(len(picked))
-        return rows
+            routed.append((self._routed[route.name], len(picked)))
+        return rows, routed
 
     async def _read_body(self, request: web.BaseRequest, source: Source) -> bytes:
         encoding = request.headers.get("Content-Encoding", "").strip().lower()

@@ -133,6 +133,15 @@ class KeyLedger:
             kept.append(index)
         return admission
 
+    def claim(self, key: str, expires: int, claimed: list[tuple[str, int]]) -> bool:
+        """Claim one key without a look-up (the commit checks the store, see
+        Spool.enqueue_unless_seen): False when a request still committing holds it."""
+        if key in self._pending:
+            return False
+        self._pending.add(key)
+        claimed.append((key, expires))
+        return True
+
     def release(self, keys: Iterable[tuple[str, Any]]) -> None:
         """The commit carrying these (key, expiry) pairs finished or failed."""
         self._pending.difference_update(key for key, _ in keys)

@@ -237,6 +237,21 @@ async def test_redelivered_message_id_is_delivered_once(
     assert metric(relay, "relay_events_dropped_total", route="source:web", reason="dedup") == 3
 
 
+async def test_a_resent_one_event_call_is_dropped_and_not_counted_as_received(
+    relay_factory: RelayFactory, fake_targets: FakeTargetFactory
+) -> None:
+    fake = await fake_targets()
+    relay = await relay_factory(config(fake))
+    body = orjson.dumps(track("Single", "one-1"))
+    for _ in range(3):  # the SDK retrying after lost answers, each after the commit
+        assert (await post(url(relay, "track"), body, basic(KEY)))[0] == 200
+    await send_marker(relay, fake)
+    assert [e["eventName"] for e in fake.events()] == ["Single", "Marker"]
+    assert metric(relay, "relay_events_dropped_total", route="source:web", reason="dedup") == 2
+    assert metric(relay, "relay_events_received_total", source="web") == 2  # + the marker
+    assert metric(relay, "relay_events_routed_total", route="web") == 2
+
+
 async def test_dedup_can_be_turned_off(
     relay_factory: RelayFactory, fake_targets: FakeTargetFactory
 ) -> None:

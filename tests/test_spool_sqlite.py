@@ -216,3 +216,36 @@ async def test_small_rows_of_one_group_are_merged_per_target_and_route(tmp_path:
         assert len(await spool.claim("t", 100, BIG, 30)) == 2  # past the merge size: apart
     finally:
         await spool.close()
+
+
+async def test_a_write_whose_key_is_stored_is_left_out_of_the_commit(tmp_path: Path) -> None:
+    spool = await open_spool(tmp_path / "s.db")
+    now = now_ms()
+    later = now + 60_000
+    try:
+        assert await spool.enqueue_unless_seen("k1", now, [row("a")], [("k1", later)])
+        await spool.enqueue([], [("old", now - 1)])  # stored, but expired
+        answers = await asyncio.gather(  # one group: checked within the group too
+            spool.enqueue_unless_seen("k1", now, [row("dup")], [("k1", later)]),
+            spool.enqueue_unless_seen("k2", now, [row("b")], [("k2", later)]),
+            spool.enqueue([row("c")]),
+            spool.enqueue_unless_seen("k2", now, [row("again")], [("k2", later)]),
+            spool.enqueue_unless_seen(
+                "old", now, [row("d"), row("x", target="u")], [("old", later)]
+            ),
+        )
+        assert answers == [False, True, None, False, True]
+        t = await spool.claim("t", 100, BIG, 30)
+        assert [e["eventName"] for r in t for e in orjson.loads(r.body)] == ["a", "b", "c", "d"]
+        assert [len(t), sum(r.count for r in t)] == [2, 4]  # the group's rows merged
+        assert tags(await spool.claim("u", 100, BIG, 30)) == ["x"]
+        assert await spool.seen_keys(["k1", "k2", "old", "k3"], now) == {"k1", "k2", "old"}
+        await spool.ack(t)
+    finally:
+        await spool.close()
+    spool = await open_spool(tmp_path / "s.db")  # what the file holds matches the schedule
+    try:
+        assert tags(await spool.claim("u", 100, BIG, 30)) == ["x"]
+        assert await spool.claim("t", 100, BIG, 30) == []
+    finally:
+        await spool.close()

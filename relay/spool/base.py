@@ -92,6 +92,8 @@ class Spool(ABC):
     # How long a claim holds its rows unless renewed. A deliverer renews the lease of a batch
     # while it is being sent, so a slow send is never taken over and sent twice.
     lease_s: float = 120.0
+    # enqueue_unless_seen checks its key in the commit (one round trip, not two).
+    checks_in_commit: bool = False
 
     def __init__(self) -> None:
         self._wakeups: dict[str, asyncio.Event] = {}
@@ -123,6 +125,24 @@ class Spool(ABC):
 
         Raises :class:`SpoolFull` when over the size limit.
         """
+
+    async def enqueue_unless_seen(
+        self,
+        key: str,
+        now_ms: int,
+        rows: Sequence[NewRow],
+        state_keys: Sequence[tuple[str, int]] = (),
+    ) -> bool:
+        """:meth:`enqueue`, unless ``key`` is stored and unexpired at ``now_ms``: then nothing
+        is written and the answer is False (a duplicate). ``state_keys`` should hold ``key``.
+        The caller keeps concurrent requests with the same key apart (relay/state.py).
+
+        A spool that checks the key in the commit itself sets :attr:`checks_in_commit`; here,
+        a look-up and then the commit (ingest groups look-ups through its ledger instead)."""
+        if await self.seen_keys([key], now_ms):
+            return False
+        await self.enqueue(rows, state_keys)
+        return True
 
     @abstractmethod
     async def seen_keys(self, keys: Sequence[str], now_ms: int) -> set[str]:

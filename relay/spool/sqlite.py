@@ -29,8 +29,7 @@ from .base import GroupCommit, Spool, SpoolFull
 from .due import DueIndex, QueuedRow
 from .file_host import FileHost, ProcessHost, ThreadHost
 from .records import DeadRow, NewRow, SpoolRow, SpoolStats
-from .rows import merge_rows
-from .sqlite_file import Committed, Opened, Write
+from .sqlite_file import Committed, Opened, Write, merge_ingest
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +57,8 @@ class SqliteSpoolConfig:
 
 class SqliteSpool(Spool):
     """Spool on SQLite; see the module docstring for the concurrency model."""
+
+    checks_in_commit = True
 
     def __init__(self, config: SqliteSpoolConfig, lock: bool = True) -> None:
         super().__init__()
@@ -166,23 +167,40 @@ class SqliteSpool(Spool):
             return
         if self.is_full():
             raise SpoolFull(f"spool is over its size limit of {self.config.max_size} bytes")
-        write = Write(list(rows), True, list(state_keys), ingest=True)
+        await self._submit(Write(list(rows), True, list(state_keys), ingest=True))
+
+    async def enqueue_unless_seen(
+        self,
+        key: str,
+        now_ms: int,
+        rows: Sequence[NewRow],
+        state_keys: Sequence[tuple[str, int]] = (),
+    ) -> bool:
+        """The look-up runs in the commit itself: one round trip to the writer, not two."""
+        if self.is_full():
+            raise SpoolFull(f"spool is over its size limit of {self.config.max_size} bytes")
+        write = Write(list(rows), True, list(state_keys), ingest=True, unless_seen=key, now=now_ms)
+        await self._submit(write)
+        return not write.duplicate
+
+    async def _submit(self, write: Write) -> None:
         await self._group_commit.submit(write)
         if write.refused:
             raise SpoolFull(f"the disk of {self.config.path} has no room for new events")
 
     async def _commit_group(self, group: list[Write]) -> None:
         """One transaction for the group (where the file lives), then the in-memory schedule.
-        Writes refused for a full disk are marked so; the rest were committed."""
-        group, merged_from = _merge_ingest(group)
+        Writes refused for a full disk or left out as duplicates are marked so; the rest were
+        committed, their rows merged as the file side merged them."""
         result: Committed = await self._call("write_group", group)
         self._note_room(result.full)
         for index in result.refused:
             group[index].refused = True
-            for part in merged_from.get(id(group[index]), ()):
-                part.refused = True  # each request learns its events were refused
+        for index in result.duplicates:
+            group[index].duplicate = True
+        written = merge_ingest([w for w in group if not (w.refused or w.duplicate)])
         try:
-            self._committed([w for w in group if not w.refused], result.ids)
+            self._committed(written, result.ids)
         except Exception:
             logger.exception("spool: updating the schedule after a commit failed")
 
@@ -347,18 +365,3 @@ class SqliteSpool(Spool):
         events, size = await self._call("purge_dead", target, list(ids))
         self._bytes -= size
         return events
-
-
-def _merge_ingest(group: list[Write]) -> tuple[list[Write], dict[int, list[Write]]]:
-    """The requests' writes of a group as one, their small rows merged (rows.merge_rows), in
-    the place of the first; the deliverers' writes as they are. Also which writes the merged
-    one stands for (by its id), so each request hears whether it was committed."""
-    ingest = [w for w in group if w.ingest]
-    if len(ingest) < 2:
-        return group, {}
-    rows = merge_rows([row for w in ingest for row in w.rows])
-    one = Write(rows, True, [key for w in ingest for key in w.keys], ingest=True)
-    first = ingest[0]
-    taken = {id(w) for w in ingest}
-    merged = [one if w is first else w for w in group if w is first or id(w) not in taken]
-    return merged, {id(one): ingest}

@@ -21,6 +21,7 @@ from typing import Any
 from .integrity import SpoolDamaged, damage_of, quick_check, verify_header
 from .records import DeadRow, NewRow, SpoolStats, TargetDepth
 from .room import PAGE_BYTES, Room
+from .rows import merge_rows
 
 # AUTOINCREMENT: a dead row's id is what an operator passes to `dlq replay/purge --id`; it must
 # never name another row later (plain INTEGER PRIMARY KEY reuses the highest id once deleted).
@@ -103,16 +104,24 @@ class Write:
     error: str = ""
     dead: list[DeadRow] = field(default_factory=list)
     ingest: bool = False  # new events (refused while the disk is full; the rest never is)
+    # Written only if this key is not stored unexpired at ``now`` (nor claimed by an earlier
+    # write of the group): a request's dedup key, checked in the commit itself.
+    unless_seen: str = ""
+    now: int = 0
     refused: bool = False  # set on the relay's side: not written, the disk is full
+    duplicate: bool = False  # set on the relay's side: not written, ``unless_seen`` was stored
 
 
 @dataclass(slots=True)
 class Committed:
-    """What a group commit did: the ids given to the written rows (in order), the indexes of
-    the writes refused because the disk is full, and why writes are refused ("" if not)."""
+    """What a group commit did: the ids given to the written rows (in order, rows of the
+    group as :func:`merge_ingest` merged them), the indexes of the writes refused because the
+    disk is full, of the writes left out as duplicates (``Write.unless_seen``), and why writes
+    are refused ("" if not)."""
 
     ids: list[int]
     refused: list[int]
+    duplicates: list[int]
     full: str
 
 
@@ -258,15 +267,31 @@ class SpoolFile:
         retries, dead letters: what frees or moves rows). A commit that finds the disk full
         releases the reserve and is tried again without the new events."""
         refused = [i for i, w in enumerate(group) if w.ingest] if self._full else []
+        duplicates = [] if refused else self._duplicates(group)
         try:
-            ids = self._write([w for i, w in enumerate(group) if i not in refused])
+            ids = self._write(merge_ingest(_without(group, refused or duplicates)))
         except sqlite3.OperationalError as exc:
             if exc.sqlite_errorcode != sqlite3.SQLITE_FULL:
                 raise
             self._disk_full()
-            refused = [i for i, w in enumerate(group) if w.ingest]
-            ids = self._write([w for i, w in enumerate(group) if i not in refused])
-        return Committed(ids, refused, self._full)
+            refused, duplicates = [i for i, w in enumerate(group) if w.ingest], []
+            ids = self._write(merge_ingest(_without(group, refused)))
+        return Committed(ids, refused, duplicates, self._full)
+
+    def _duplicates(self, group: list[Write]) -> list[int]:
+        """Indexes of the writes whose ``unless_seen`` key is stored unexpired, or claimed by
+        an earlier write of the group."""
+        wanted = [w.unless_seen for w in group if w.unless_seen]
+        if not wanted:
+            return []
+        stored = self.seen_keys(wanted, min(w.now for w in group if w.unless_seen))
+        duplicates = []
+        for i, w in enumerate(group):
+            if w.unless_seen:
+                if w.unless_seen in stored:
+                    duplicates.append(i)
+                stored.add(w.unless_seen)
+        return duplicates
 
     def _disk_full(self) -> None:
         """Refuse new events; release the reserve and truncate the WAL, so the checkpoint
@@ -572,6 +597,30 @@ def _marks(n: int) -> str:
 def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def merge_ingest(group: list[Write]) -> list[Write]:
+    """The requests' writes of a group as one, their small rows merged (rows.merge_rows), in
+    the place of the first; the deliverers' writes as they are. Both sides run it on the same
+    writes, so the ids the file side gives match the rows the relay's side schedules."""
+    ingest = [w for w in group if w.ingest]
+    if len(ingest) < 2:
+        return group
+    one = Write(
+        merge_rows([row for w in ingest for row in w.rows]),
+        True,
+        [key for w in ingest for key in w.keys],
+        ingest=True,
+    )
+    first = ingest[0]
+    return [one if w is first else w for w in group if w is first or not w.ingest]
+
+
+def _without(group: list[Write], left_out: list[int]) -> list[Write]:
+    if not left_out:
+        return group
+    skip = set(left_out)
+    return [w for i, w in enumerate(group) if i not in skip]
 
 
 def _insert_many(
