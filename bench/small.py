@@ -4,7 +4,8 @@ Browsers and SDKs send one event, or a handful, per request, so the cost that ma
 request, not per event. For each shape (``track``: one Segment ``track`` call of ~460 B on the
 ``segment`` source; ``rgstr``: a @statsig/js-client flush of 1-5 events on a ``statsig_events``
 source, cross-origin) and each system (``relay``, ``relay-old``: another checkout, ``peer``:
-Fluent Bit), one run starts the counting sink and the system, drives it with ``wrk -t1 -c64
+Fluent Bit, ``floor``: bench/floor.py, the least a durable relay can do on aiohttp), one run
+starts the counting sink and the system, drives it with ``wrk -t1 -c64
 --latency`` for ``--duration`` seconds, waits (bounded) until the sink holds what was
 acknowledged, and reads the system's CPU time and peak RSS (its child processes included) from
 /proc. ``--repeat N`` alternates the systems in every round (A B A B ...) and prints ranges.
@@ -100,11 +101,13 @@ SHAPES = {
 
 @dataclass(frozen=True)
 class System:
-    """A system under test: a relay checkout (run from ``cwd``) or a Fluent Bit binary."""
+    """A system under test: a relay checkout (run from ``cwd``), a Fluent Bit binary or the
+    floor server (bench/floor.py)."""
 
     name: str
     cwd: Path | None = None
     fluent_bit: Path | None = None
+    floor: bool = False
 
 
 # --------------------------------------------------------------------------- wrk
@@ -176,12 +179,23 @@ def start_system(
         (tmpdir / "fluent-bit-storage").mkdir()
         cmd = [str(system.fluent_bit), "-c", str(path)]
         cwd, ready, url_path = tmpdir, "/", "/"  # in_http: the path "/" keeps the configured tag
+    elif system.floor:
+        config = ""
+        cmd = [
+            sys.executable,
+            str(BENCH_DIR / "floor.py"),
+            *("--port", values["port"], "--admin-port", values["admin_port"]),
+            *("--sink", values["sink_url"], "--spool", str(tmpdir / "floor.db")),
+            *("--write-key", WRITE_KEY, "--client-key", CLIENT_KEY, "--origin", ORIGIN),
+        ]
+        cwd, ready, url_path = BENCH_DIR, "/readyz", shape.relay_path
     else:
         config = render_config(RELAY_CONFIG, values)
         path = tmpdir / "relay.yaml"
         cmd = [sys.executable, "-m", "relay", "run", "-c", str(path)]
         cwd, ready, url_path = system.cwd or BENCH_DIR.parent, "/readyz", shape.relay_path
-    path.write_text(config)
+    if config:
+        path.write_text(config)
     proc = procs.start(system.name, cmd, cwd, log)
     wait_ready(
         f"http://127.0.0.1:{ports['admin']}{ready}", proc, args.ready_timeout, system.name, log
@@ -191,7 +205,7 @@ def start_system(
         "cmd": shlex.join(cmd),
         "cwd": str(cwd),
         "config": config,
-        "code": git_info(Path(cwd)) if system.fluent_bit is None else None,
+        "code": git_info(Path(cwd)) if system.cwd is not None else None,
     }
     return proc, f"http://127.0.0.1:{ports['port']}", url_path, info
 
@@ -313,7 +327,7 @@ def run_once(
         cpu_s = (tree_cpu_s(proc.pid) or cpu0) - cpu0 if alive else None
         hwm_kb = tree_status_kb(proc.pid, "VmHWM") if alive else None
         metrics: dict[str, float] = {}
-        if alive and system.fluent_bit is None:
+        if alive and system.cwd is not None:
             status, body = http_get(f"http://127.0.0.1:{ports['admin']}/metrics", timeout=5)
             if status == 200:
                 metrics = {
@@ -462,7 +476,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--systems",
         default=None,
         help="comma-separated, in the order of a round: relay, relay-old (needs --old-cwd), "
-        "peer (needs --peer); default: relay and whichever of the other two is given",
+        "peer (needs --peer), floor (bench/floor.py); default: relay and whichever of "
+        "relay-old and peer is given",
     )
     p.add_argument("--relay-cwd", default=str(BENCH_DIR.parent), help="checkout run as 'relay'")
     p.add_argument("--old-cwd", default=None, help="checkout run as 'relay-old' (e.g. a worktree)")
@@ -512,8 +527,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             if not args.peer or not os.access(args.peer, os.X_OK):
                 p.error(f"peer needs --peer PATH_TO_fluent-bit (executable), got {args.peer!r}")
             systems[name] = System(name, fluent_bit=Path(args.peer).resolve())
+        elif name == "floor":
+            systems[name] = System(name, floor=True)
         else:
-            p.error(f"unknown system {name!r}; known: relay, relay-old, peer")
+            p.error(f"unknown system {name!r}; known: relay, relay-old, peer, floor")
     args.systems = systems
     return args
 
