@@ -7,6 +7,8 @@ import asyncio
 import os
 import signal
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import aiohttp
@@ -206,3 +208,17 @@ async def test_an_ack_committed_by_a_writer_that_died_before_answering_frees_no_
         assert await spool.claim("a", 10, BIG, 30) == []
     finally:
         await spool.close()
+
+
+def test_the_writer_process_loads_only_what_it_runs() -> None:
+    """Every module the writer imports is resident in a second process: parsers, the HTTP
+    stack and the metrics client stay in the relay's."""
+    code = (
+        "import sys, relay.spool.writer; "
+        "print(' '.join(m for m in sys.modules if m.split('.')[0] in "
+        "('aiohttp', 'msgspec', 'simdjson', 'yaml', 'prometheus_client', 'uvloop')))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.split()
+    assert loaded == []

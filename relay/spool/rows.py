@@ -13,11 +13,14 @@ wrote: whitespace, escapes, number spelling). A row holds no line break outside 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import orjson
 
-from ..raw import RawEvents
 from .records import NewRow
+
+if TYPE_CHECKING:  # the spool writer process merges rows and need not load the parsers
+    from ..raw import RawEvents
 
 
 def build_row(
