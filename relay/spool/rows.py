@@ -62,25 +62,33 @@ def merge_rows(rows: list[NewRow], max_bytes: int = MERGE_MAX_BYTES) -> list[New
     attempt, a schedule or an error (requeued by the deliverer) are kept as they are."""
     if len(rows) < 2:
         return rows
-    merged: list[NewRow] = []
-    open_rows: dict[tuple[str, str], int] = {}  # (target, route): index in merged
+    # Each merged row's parts are joined once at the end (not copied again for every row).
+    merged: list[NewRow | list[NewRow]] = []
+    open_rows: dict[tuple[str, str], tuple[list[NewRow], int]] = {}  # parts, their bytes
     for row in rows:
-        if row.attempts or row.next_attempt_ms or row.last_error:
+        if row.attempts or row.next_attempt_ms or row.last_error or not row.count:
             merged.append(row)
             continue
         key = (row.target, row.route)
-        at = open_rows.get(key)
-        if at is not None and row.count:
-            into = merged[at]
-            if into.count and len(into.body) + len(row.body) <= max_bytes:
-                merged[at] = NewRow(
-                    row.target,
-                    row.route,
-                    into.body[:-1] + b"," + row.body[1:],
-                    into.count + row.count,
-                    min(into.first_received_ms, row.first_received_ms),
-                )
-                continue
-        open_rows[key] = len(merged)
-        merged.append(row)
-    return merged
+        parts, size = open_rows.get(key, (None, 0))
+        if parts is not None and size + len(row.body) <= max_bytes:
+            parts.append(row)
+            open_rows[key] = (parts, size + len(row.body))
+            continue
+        parts = [row]
+        open_rows[key] = (parts, len(row.body))
+        merged.append(parts)
+    return [_joined(item) if isinstance(item, list) else item for item in merged]
+
+
+def _joined(parts: list[NewRow]) -> NewRow:
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    return NewRow(
+        first.target,
+        first.route,
+        b"[" + b",".join([p.body[1:-1] for p in parts]) + b"]",
+        sum(p.count for p in parts),
+        min(p.first_received_ms for p in parts),
+    )

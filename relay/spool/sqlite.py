@@ -191,14 +191,22 @@ class SqliteSpool(Spool):
     async def _commit_group(self, group: list[Write]) -> None:
         """One transaction for the group (where the file lives), then the in-memory schedule.
         Writes refused for a full disk or left out as duplicates are marked so; the rest were
-        committed, their rows merged as the file side merged them."""
-        result: Committed = await self._call("write_group", group)
+        committed, their rows merged as the file side merged them.
+
+        The writes with no key to check are merged here already: fewer objects to send."""
+        sent = merge_ingest(group, keyed=False)
+        result: Committed = await self._call("write_group", sent)
         self._note_room(result.full)
         for index in result.refused:
-            group[index].refused = True
+            sent[index].refused = True
         for index in result.duplicates:
-            group[index].duplicate = True
-        written = merge_ingest([w for w in group if not (w.refused or w.duplicate)])
+            sent[index].duplicate = True
+        if result.refused and len(sent) < len(group):
+            known = {id(w) for w in group}
+            if any(w.refused for w in sent if id(w) not in known):  # the merged write
+                for w in group:  # each request it stands for hears of the refusal
+                    w.refused = w.refused or (w.ingest and not w.unless_seen)
+        written = merge_ingest([w for w in sent if not (w.refused or w.duplicate)])
         try:
             self._committed(written, result.ids)
         except Exception:

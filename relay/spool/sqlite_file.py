@@ -599,11 +599,13 @@ def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
         yield items[start : start + size]
 
 
-def merge_ingest(group: list[Write]) -> list[Write]:
+def merge_ingest(group: list[Write], keyed: bool = True) -> list[Write]:
     """The requests' writes of a group as one, their small rows merged (rows.merge_rows), in
-    the place of the first; the deliverers' writes as they are. Both sides run it on the same
-    writes, so the ids the file side gives match the rows the relay's side schedules."""
-    ingest = [w for w in group if w.ingest]
+    the place of the first; the deliverers' writes as they are, and with ``keyed`` False also
+    the writes whose key is still to be checked (``unless_seen``). The file side merges what
+    it commits; the relay's side merges the same writes again to schedule the rows it was
+    given ids for."""
+    ingest = [w for w in group if w.ingest and (keyed or not w.unless_seen)]
     if len(ingest) < 2:
         return group
     one = Write(
@@ -613,7 +615,8 @@ def merge_ingest(group: list[Write]) -> list[Write]:
         ingest=True,
     )
     first = ingest[0]
-    return [one if w is first else w for w in group if w is first or not w.ingest]
+    merged = {id(w) for w in ingest}
+    return [one if w is first else w for w in group if w is first or id(w) not in merged]
 
 
 def _without(group: list[Write], left_out: list[int]) -> list[Write]:
