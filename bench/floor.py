@@ -9,6 +9,8 @@ forward what was committed to the sink in batches, deleting it once the sink too
 the relay spends above this floor is its own work (validation, routing, metrics, status,
 per-target rows and retries); below it nothing a Python relay on aiohttp does can go.
 
+Each ``--stage`` stops a step earlier, to see what each step costs (the default is the floor).
+
     python bench/floor.py --port 8080 --admin-port 8081 --sink http://127.0.0.1:9/ingest \\
         --spool /tmp/floor.db --write-key wk --client-key client-k --origin https://a.example
 """
@@ -32,6 +34,7 @@ except ImportError:  # pragma: no cover - the relay depends on it
     uvloop = None  # type: ignore[assignment]
 
 LINGER_S = 0.2
+STAGES = ("read", "parse", "commit", "dedup")
 BATCH_ROWS = 1000
 
 
@@ -138,6 +141,7 @@ def handler(spool: Spool, args: argparse.Namespace) -> Callable[[web.BaseRequest
     auth = basic_header(args.write_key)
     cors = {"Access-Control-Allow-Origin": args.origin, "Vary": "Origin"}
     ok = orjson.dumps({"success": True})
+    stage = args.stage
 
     async def handle(request: web.BaseRequest) -> web.Response:
         if request.path == "/readyz":
@@ -155,11 +159,15 @@ def handler(spool: Spool, args: argparse.Namespace) -> Callable[[web.BaseRequest
             parse, headers = rgstr_events, cors
         else:
             return web.Response(status=404)
+        if stage == "read":
+            return web.Response(body=ok, content_type="application/json", headers=headers)
         try:
             events, key = parse(orjson.loads(body))
         except (ValueError, KeyError, TypeError, AttributeError):
             return web.Response(status=400, headers=headers)
-        await spool.add(orjson.dumps(events), key)
+        row = orjson.dumps(events)
+        if stage != "parse":
+            await spool.add(row, key if stage == "dedup" else "")
         return web.Response(body=ok, content_type="application/json", headers=headers)
 
     return handle
@@ -188,6 +196,13 @@ def main() -> None:
     p.add_argument("--write-key", required=True)
     p.add_argument("--client-key", required=True)
     p.add_argument("--origin", required=True)
+    p.add_argument(
+        "--stage",
+        choices=STAGES,
+        default="dedup",
+        help="how far each request goes: read (the body, then answer), parse (and map), "
+        "commit (and forward), dedup (commit with the messageId check; the floor)",
+    )
     args = p.parse_args()
     if uvloop is not None:
         uvloop.run(serve(args))

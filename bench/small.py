@@ -187,6 +187,7 @@ def start_system(
             *("--port", values["port"], "--admin-port", values["admin_port"]),
             *("--sink", values["sink_url"], "--spool", str(tmpdir / "floor.db")),
             *("--write-key", WRITE_KEY, "--client-key", CLIENT_KEY, "--origin", ORIGIN),
+            *("--stage", args.floor_stage),
         ]
         cwd, ready, url_path = BENCH_DIR, "/readyz", shape.relay_path
     else:
@@ -308,7 +309,8 @@ def run_once(
 
         # Drain: at least what was acknowledged (less the in-flight uncertainty of a varying
         # shape), then no change for --settle s (Fluent Bit flushes once a second).
-        expected = wrk["acknowledged"] * shape.events_per_request
+        forwards = not system.floor or args.floor_stage in ("commit", "dedup")
+        expected = wrk["acknowledged"] * shape.events_per_request * forwards
         floor = int(expected - shape.spread * args.connections)
         t_end = time.monotonic()
         deadline = t_end + args.drain_timeout
@@ -483,6 +485,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--old-cwd", default=None, help="checkout run as 'relay-old' (e.g. a worktree)")
     p.add_argument("--peer", default=None, metavar="FLUENT_BIT", help="Fluent Bit binary ('peer')")
     p.add_argument("--wrk", default=shutil.which("wrk") or "wrk")
+    p.add_argument(
+        "--floor-stage",
+        default="dedup",
+        choices=("read", "parse", "commit", "dedup"),
+        help="how far the floor takes each request (bench/floor.py --stage)",
+    )
     p.add_argument(
         "--synchronous",
         choices=("full", "normal"),
