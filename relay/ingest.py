@@ -86,6 +86,12 @@ class Ingest:
         self.body_timeout = body_timeout
         self.retry_after = str(max(1, round(retry_after)))
         self._routed = {r.name: metrics.events_routed.labels(r.name) for r in router.routes}
+        # Sources a route with dedup / first-exposure keys takes from: their routes claim keys
+        # while the request commits, so its own key is looked up first (a duplicate must not
+        # hold another request's route key while it is still to be found out).
+        self._stateful_sources = frozenset(
+            source for r in router.routes if r.stateful for source in r.sources
+        )
         self._commit_failures = LogThrottle()
         self._redacted = {
             r.name: metrics.secrets_redacted.labels(r.name)
@@ -185,7 +191,7 @@ class Ingest:
         try:
             if parsed.dedup_keys and source.dedup_window:
                 one = len(parsed.dedup_keys) == 1 and parsed.dedup_keys[0]
-                if one and self.spool.checks_in_commit:
+                if one and self._key_in_commit(source):
                     unless_seen = self._claim_one(source, parsed, received_ms, state_keys)
                 else:
                     await self._drop_duplicates(source, parsed, received_ms, state_keys)
@@ -251,6 +257,9 @@ class Ingest:
             self._dropped_duplicates(source, dropped)
             parsed.events = [events[i] for i in admission.kept]
         parsed.dedup_keys = []
+
+    def _key_in_commit(self, source: Source) -> bool:
+        return self.spool.checks_in_commit and source.name not in self._stateful_sources
 
     def _claim_one(
         self, source: Source, parsed: Parsed, now: int, claimed: list[tuple[str, int]]

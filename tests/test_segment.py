@@ -224,6 +224,49 @@ async def test_concurrent_retries_of_one_message_id_are_delivered_once(
     assert [e["eventName"] for e in fake.events()] == ["Racing", "Marker"]
 
 
+async def test_a_retry_does_not_hold_the_first_exposure_of_another_call_while_it_commits(
+    relay_factory: RelayFactory, fake_targets: FakeTargetFactory
+) -> None:
+    """A resent call is found out as a duplicate before a route claims its first-exposure key:
+    a new call for the same user and gate that arrives meanwhile is that user's first exposure
+    again once the route's window has passed, and must be kept."""
+    fake = await fake_targets()
+    relay = await relay_factory(
+        f"""
+sources:
+  web: {{type: segment, write_keys: [{KEY}]}}
+targets:
+  out: {{type: webhook, url: "{fake.url}/in", linger: 0s}}
+routes:
+  - {{name: web, from: web, to: out, first_exposure_only: {{window: 1s}}}}
+"""
+    )
+
+    def exposure(message_id: str, user: str) -> bytes:
+        props = {"gate": "new_checkout", "gateValue": "true"}
+        call = track("statsig::gate_exposure", message_id, userId=user, properties=props)
+        return orjson.dumps(call)
+
+    users = [f"u{i}" for i in range(10)]
+    for user in users:
+        assert (await post(url(relay, "track"), exposure(f"a-{user}", user), basic(KEY)))[0] == 200
+    await fake.wait_for(lambda: len(fake.events()) == len(users))
+    await asyncio.sleep(1.2)  # the route's first-exposure window (1s) lapses; the dedup one not
+    answers = await asyncio.gather(
+        *(
+            post(url(relay, "track"), exposure(message_id, user), basic(KEY))
+            for user in users
+            for message_id in (f"a-{user}", f"c-{user}")  # a retry, and a new call
+        )
+    )
+    assert [status for status, _, _ in answers] == [200] * 2 * len(users)
+    await send_marker(relay, fake)
+    ids = sorted(e["user"]["userID"] for e in fake.events() if e["eventName"] != "Marker")
+    assert ids == sorted(users * 2)  # the first calls and the new ones; no retry
+    assert metric(relay, "relay_events_dropped_total", route="source:web", reason="dedup") == 10
+    assert metric(relay, "relay_events_dropped_total", route="web", reason="first_exposure") == 0
+
+
 async def test_redelivered_message_id_is_delivered_once(
     relay_factory: RelayFactory, fake_targets: FakeTargetFactory
 ) -> None:
