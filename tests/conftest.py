@@ -148,6 +148,36 @@ def metric(relay: Relay, name: str, **labels: str) -> float:
     return relay.metrics.registry.get_sample_value(name, labels) or 0.0
 
 
+def custom(i: int, user: str | None = None, **extra: Any) -> dict[str, Any]:
+    """Custom event number ``i`` of a Statsig export, with a timeUUID (the target tests')."""
+    event: dict[str, Any] = {
+        "eventName": "add_to_cart",
+        "user": {"userID": user if user is not None else f"user-{i}"},
+        "timestamp": 1_700_000_000_000 + i,
+        "value": "sku-1",
+        "metadata": {"qty": "2"},
+        "timeUUID": f"00000000-0000-4000-8000-{i:012d}",
+    }
+    event.update(extra)
+    return event
+
+
+async def dead_count(relay: Relay, target: str) -> int:
+    """Events of ``target`` in the dead-letter queue."""
+    return sum(row.count for row in await relay.spool.dead_rows(target))
+
+
+async def settled(relay: Relay, target: str, delivered: int, dead: int = 0) -> None:
+    """Wait until ``target`` has at least ``delivered`` events delivered and ``dead``
+    dead-lettered."""
+
+    async def done() -> bool:
+        ok = metric(relay, "relay_events_delivered_total", target=target)
+        return ok >= delivered and await dead_count(relay, target) >= dead
+
+    await poll_until(done, message="delivered/dead-lettered counts not reached")
+
+
 async def metrics_text(relay: Relay) -> str:
     """The Prometheus exposition the admin listener serves, as a scraper sees it."""
     _, text = await get(admin_url(relay, "/metrics"))

@@ -8,24 +8,25 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
 
-from relay.app import Relay
 from relay.config import parse_config
 from relay.schema import ConfigError
 from relay.targets.amplitude import AmplitudeConfig, AmplitudeTarget, named_events
 from relay.targets.base import Verdict
 from tests.conftest import (
     RelayFactory,
+    custom,
+    dead_count,
     fixture_json,
     get,
     metric,
     post,
     post_export,
     relay_yaml,
+    settled,
     signed_headers,
 )
 from tests.daemon import REPO_ROOT, DaemonProcess, free_port
@@ -44,31 +45,6 @@ targets:
 routes:
   - {{name: to-amp, from: statsig, to: amp{route}}}
 """
-
-
-def custom(i: int, user: str | None = None, **extra: Any) -> dict[str, Any]:
-    event: dict[str, Any] = {
-        "eventName": "add_to_cart",
-        "user": {"userID": user if user is not None else f"user-{i}"},
-        "timestamp": 1_700_000_000_000 + i,
-        "value": "sku-1",
-        "metadata": {"qty": "2"},
-        "timeUUID": f"00000000-0000-4000-8000-{i:012d}",
-    }
-    event.update(extra)
-    return event
-
-
-async def dead_count(relay: Relay) -> int:
-    return sum(row.count for row in await relay.spool.dead_rows("amp"))
-
-
-async def settled(relay: Relay, delivered: int, dead: int = 0) -> None:
-    async def done() -> bool:
-        ok = metric(relay, "relay_events_delivered_total", target="amp")
-        return ok >= delivered and await dead_count(relay) >= dead
-
-    await poll_until(done, message="delivered/dead-lettered counts not reached")
 
 
 # -- mapping ---------------------------------------------------------------------------------
@@ -131,7 +107,7 @@ async def test_stable_id_is_the_device_id_without_a_user_id_and_no_id_is_dropped
     async with FakeAmplitude() as amp:
         relay = await relay_factory(config(amp.url), shutdown_grace="2s")
         await post_export(relay, [device, both, nobody], SECRET)
-        await settled(relay, 3)
+        await settled(relay, "amp", 3)
         dropped = metric(
             relay, "relay_events_dropped_total", route="target:amp", reason="no_identity"
         )
@@ -182,7 +158,7 @@ async def test_500_events_two_named_bad_dead_letters_exactly_those_and_delivers_
     async with FakeAmplitude() as amp:
         relay = await relay_factory(config(amp.url), shutdown_grace="2s")
         await post_export(relay, events, SECRET)
-        await settled(relay, 498, dead=2)
+        await settled(relay, "amp", 498, dead=2)
         dead = await relay.spool.dead_rows("amp")
         bisections = metric(relay, "relay_delivery_requests_total", target="amp", outcome="reject")
     # One refused request naming the two, one with the other 498: no bisection.
@@ -208,7 +184,7 @@ async def test_silenced_device_events_are_dead_lettered_and_the_rest_resent(
         amp.silence("device-2")
         relay = await relay_factory(config(amp.url), shutdown_grace="2s")
         await post_export(relay, events, SECRET)
-        await settled(relay, 3, dead=1)
+        await settled(relay, "amp", 3, dead=1)
         (dead,) = await relay.spool.dead_rows("amp")
     assert [e["device_id"] for e in amp.accepted] == ["device-0", "device-1", "device-3"]
     assert dead.reason == "HTTP 400: silenced device"
@@ -272,7 +248,7 @@ async def test_413_splits_and_delivers_each_event_once(relay_factory: RelayFacto
         amp.script(too_large())
         relay = await relay_factory(config(amp.url), shutdown_grace="2s")
         await post_export(relay, [custom(i) for i in range(10)], SECRET)
-        await settled(relay, 10)
+        await settled(relay, "amp", 10)
     assert [len(r.json["events"]) for r in amp.requests] == [10, 5, 5]
     assert sorted(amp.insert_ids()) == sorted(custom(i)["timeUUID"] for i in range(10))
 
@@ -309,7 +285,7 @@ async def test_429_waits_at_least_30_seconds_in_the_spool(relay_factory: RelayFa
         await poll_until(lambda: deliverer.backoff_s(time.time()) > 0)
         assert deliverer.backoff_s(time.time()) >= 29
         assert [r.status for r in amp.requests] == [429]  # no quick retry within the 30 s
-        assert await dead_count(relay) == 0
+        assert await dead_count(relay, "amp") == 0
     outcome = AmplitudeTarget("a", AmplitudeConfig(api_key="k")).classify(
         429, {"Retry-After": "45"}, ""
     )
@@ -321,7 +297,7 @@ async def test_500_then_accepted_delivers_each_event_once(relay_factory: RelayFa
         amp.script(Answer(500, json={"code": 500}), Answer(503, json={"code": 503}))
         relay = await relay_factory(config(amp.url), shutdown_grace="2s")
         await post_export(relay, [custom(i) for i in range(3)], SECRET)
-        await settled(relay, 3)
+        await settled(relay, "amp", 3)
     assert [r.status for r in amp.requests] == [500, 503, 200]
     assert amp.insert_ids() == [custom(i)["timeUUID"] for i in range(3)]
 
@@ -340,14 +316,14 @@ async def test_invalid_api_key_holds_events_until_a_reload_fixes_the_key(
         ready, detail = relay.readiness()
         assert ready  # a refused key does not take the relay out of a load balancer
         assert "api_key" in detail["targets"]["amp"]["reason"]
-        assert await dead_count(relay) == 0 and amp.accepted == []
+        assert await dead_count(relay, "amp") == 0 and amp.accepted == []
         status, _ = await get(f"http://127.0.0.1:{relay.admin_port}/readyz")
         assert status == 200
         fixed = tmp_path / "fixed.yaml"
         fixed.write_text(relay_yaml(config(amp.url, target=", retry_initial: 50ms"), tmp_path))
         assert await relay.reload(str(fixed))
         await amp.wait_for(lambda: len(amp.accepted) == 3)
-        assert await dead_count(relay) == 0
+        assert await dead_count(relay, "amp") == 0
     assert amp.insert_ids() == [custom(i)["timeUUID"] for i in range(3)]
     assert all(r.json["api_key"] == wrong for r in amp.requests if r.status == 400)
     assert wrong not in caplog.text and API_KEY not in caplog.text

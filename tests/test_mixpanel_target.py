@@ -10,12 +10,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
 
-from relay.app import Relay
 from relay.config import parse_config
 from relay.schema import ConfigError
 from relay.targets.base import Verdict
@@ -28,12 +26,15 @@ from relay.targets.mixpanel import (
 )
 from tests.conftest import (
     RelayFactory,
+    custom,
+    dead_count,
     fixture_json,
     get,
     metric,
     post,
     post_export,
     relay_yaml,
+    settled,
     signed_headers,
 )
 from tests.daemon import REPO_ROOT, DaemonProcess, free_port
@@ -56,31 +57,6 @@ routes:
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def custom(i: int, user: str | None = None, **extra: Any) -> dict[str, Any]:
-    event: dict[str, Any] = {
-        "eventName": "add_to_cart",
-        "user": {"userID": user if user is not None else f"user-{i}"},
-        "timestamp": 1_700_000_000_000 + i,
-        "value": "sku-1",
-        "metadata": {"qty": "2"},
-        "timeUUID": f"00000000-0000-4000-8000-{i:012d}",
-    }
-    event.update(extra)
-    return event
-
-
-async def dead_count(relay: Relay) -> int:
-    return sum(row.count for row in await relay.spool.dead_rows("mp"))
-
-
-async def settled(relay: Relay, delivered: int, dead: int = 0) -> None:
-    async def done() -> bool:
-        ok = metric(relay, "relay_events_delivered_total", target="mp")
-        return ok >= delivered and await dead_count(relay) >= dead
-
-    await poll_until(done, message="delivered/dead-lettered counts not reached")
 
 
 # -- mapping ---------------------------------------------------------------------------------
@@ -209,7 +185,7 @@ async def test_500_events_two_failed_records_dead_letters_those_and_never_resend
     async with FakeMixpanel() as mp:
         relay = await relay_factory(config(mp.url), shutdown_grace="2s")
         await post_export(relay, events, SECRET)
-        await settled(relay, 498, dead=2)
+        await settled(relay, "mp", 498, dead=2)
         dead = await relay.spool.dead_rows("mp")
         bisections = metric(relay, "relay_delivery_requests_total", target="mp", outcome="reject")
         queued = (await relay.spool.stats()).queued
@@ -269,7 +245,7 @@ async def test_413_splits_and_delivers_each_event_once(relay_factory: RelayFacto
         mp.script(too_large)
         relay = await relay_factory(config(mp.url), shutdown_grace="2s")
         await post_export(relay, [custom(i) for i in range(10)], SECRET)
-        await settled(relay, 10)
+        await settled(relay, "mp", 10)
     assert [len(r.json) for r in mp.requests] == [10, 5, 5]
     assert sorted(mp.insert_ids()) == sorted(custom(i)["timeUUID"] for i in range(10))
 
@@ -341,11 +317,11 @@ async def test_401_holds_events_marks_the_target_failing_then_delivers_them(
         status, _ = await get(f"http://127.0.0.1:{relay.admin_port}/readyz")
         assert status == 200
         await poll_until(lambda: len(mp.requests) >= 2)  # probed again, still refused
-        assert await dead_count(relay) == 0 and mp.accepted == []
+        assert await dead_count(relay, "mp") == 0 and mp.accepted == []
         mp.token = wrong  # the project now takes this token
         await poll_until(lambda: len(mp.accepted) == 3)
         await poll_until(lambda: not target.health.failing)
-        assert await dead_count(relay) == 0
+        assert await dead_count(relay, "mp") == 0
     assert mp.insert_ids() == [custom(i)["timeUUID"] for i in range(3)]
     assert wrong not in caplog.text and wrong not in target.describe()
 
