@@ -25,11 +25,49 @@ __all__ = ["DaemonProcess", "free_port"]
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+class _PortPicker:
+    """Hands out loopback ports below the kernel's ephemeral range, each once per process.
+
+    A port chosen by ``bind(port 0)`` lies in the ephemeral range, so a fake server or an
+    outgoing connection started after it was handed out can be given the same port before
+    the daemon binds it. Ports below that range are never picked by the kernel; starting at
+    an offset from the pid keeps concurrent test processes apart.
+    """
+
+    def __init__(self) -> None:
+        low, _high = _ephemeral_range()
+        self._low, self._high = 10_000, max(10_500, low)
+        span = self._high - self._low
+        self._next = self._low + (os.getpid() * 997) % span
+
+    def pick(self) -> int:
+        span = self._high - self._low
+        for _ in range(span):
+            port = self._next
+            self._next = self._low + (self._next - self._low + 1) % span
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            return port
+        raise RuntimeError(f"no free loopback port in {self._low}-{self._high}")
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+_PICKER = _PortPicker()
+
+
 def free_port() -> int:
-    """A port on 127.0.0.1 that was free a moment ago (the OS picks it; tiny race accepted)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port free now and outside the range the kernel hands to ``bind(0)``."""
+    return _PICKER.pick()
 
 
 class DaemonProcess:

@@ -27,18 +27,13 @@ from relay.spool.base import Spool, SpoolFull
 from relay.spool.records import NewRow, SpoolRow, dead_from
 from relay.spool.redis import RedisSpool, RedisSpoolConfig
 from relay.spool.sqlite import SqliteSpool, SqliteSpoolConfig
+from tests.daemon import free_port
 from tests.fakes import poll_until
 
 SpoolFactory = Callable[..., Awaitable[Spool]]
 
 
 # -- a private redis-server -------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _answers_ping(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
@@ -58,7 +53,7 @@ def _start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
         )
     log = workdir / "redis.log"
     for _ in range(3):  # the free port may be taken between probing and binding
-        port = _free_port()
+        port = free_port()
         with log.open("ab") as out:
             proc = subprocess.Popen(
                 [
@@ -479,7 +474,7 @@ def test_redis_spool_config_rejects_bad_values() -> None:
 
 
 async def test_an_unreachable_redis_is_a_clear_error_without_the_password() -> None:
-    port = _free_port()
+    port = free_port()
     spool = RedisSpool(RedisSpoolConfig(url=f"redis://:hunter2@127.0.0.1:{port}/0"))
     with pytest.raises(RuntimeError, match="cannot reach the redis spool") as info:
         await spool.open()
