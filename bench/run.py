@@ -49,8 +49,8 @@ routes:
 """
 DEFAULT_RELAY_CMD = "{python} -m relay run -c {config}"
 
-# The absolute bars (issue 10, DESIGN.md "Performance principles"); the throughput bars are
-# relative to the code before (ABAB runs), so they are read from pairs of results, not here.
+# The absolute bars (bench/README.md, "The numbers"); a throughput comparison with another
+# commit is a ratio of alternated runs (A B B A), so it is read from pairs of results, not here.
 BAR_E2E_EVENTS_S = 100_000
 BAR_P99_MS = 10.0
 BAR_RSS_MB = 80.0

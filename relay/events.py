@@ -65,7 +65,7 @@ EXPOSURE_KEYS = (
 
 
 def category_of(event_name: str) -> str:
-    """The routing category of an event name (the table in DESIGN.md)."""
+    """The routing category of an event name (the table in docs/configuration.md, routes)."""
     known = _KNOWN_NAMES.get(event_name)
     if known is not None:
         return known

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 from .schema import ConfigError
 
-# Event-name presets (API-FACTS.md, the Datafly mapping). Names not listed pass unchanged.
+# Event-name presets (the Datafly mapping; listed in docs/configuration.md). Names not listed
+# pass unchanged.
 RENAME_PRESETS: dict[str, dict[str, str]] = {
     "default": {
         "page": "page_view",

@@ -291,3 +291,48 @@ def test_the_reference_states_each_default_check_uses(
             if stated is not None and stated != defaults[key]:
                 wrong[key] = (cell, defaults[key])
     assert not wrong, f"stated default ≠ the schema's: {wrong}"
+
+
+# --- what the repository's own files say about where to look -------------------------------
+
+
+def repository_text_files() -> list[Path]:
+    """Every text file git tracks (fixtures, the npm clients and this file, which spells out the
+    patterns it looks for, aside)."""
+    listed = subprocess.run(
+        ["git", "ls-files"], capture_output=True, text=True, cwd=REPO_ROOT, check=True
+    ).stdout.split()
+    files = []
+    for name in listed:
+        path = REPO_ROOT / name
+        if name.startswith(("tests/fixtures/", "tests/js/")) or path.suffix in (".png", ".lock"):
+            continue
+        if path.is_file() and path != Path(__file__).resolve():
+            files.append(path)
+    return files
+
+
+# A Markdown file named in the repository is one a clone has, not a note kept beside it. Upstream
+# pages a module cites by their path in the vendor's repository (http-v2.md) are lower case and
+# outside docs/; a docs/ path or an upper-case name (README.md) must be a file here.
+MARKDOWN_NAME = re.compile(r"(?<![\w/.-])(docs/[\w/.-]+\.md|[A-Z][A-Z0-9_-]+\.md)\b")
+# Paths on the machine the code was written on, which no reader has.
+MACHINE_PATH = re.compile("/" + "(?:work|root)/")
+
+
+def test_every_markdown_file_the_repository_names_is_in_it() -> None:
+    missing = []
+    for path in repository_text_files():
+        for name in MARKDOWN_NAME.findall(path.read_text(errors="replace")):
+            if not (REPO_ROOT / name).exists():
+                missing.append(f"{path.relative_to(REPO_ROOT)}: {name}")
+    assert not missing, missing
+
+
+def test_no_file_names_a_path_on_the_developers_machine() -> None:
+    found = []
+    for path in repository_text_files():
+        for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            if MACHINE_PATH.search(line):
+                found.append(f"{path.relative_to(REPO_ROOT)}:{n}: {line.strip()}")
+    assert not found, found

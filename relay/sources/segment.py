@@ -4,7 +4,7 @@
 200 ``{"success": true}``, 400 for bad JSON or an oversize request, 401 for a wrong write key.
 The write key comes as the HTTP Basic user (empty password) or as ``writeKey`` in the body.
 
-Each message becomes a Statsig event (the mapping in API-FACTS.md): ``track`` → its ``event``,
+Each message becomes a Statsig event (the table in docs/sources.md): ``track`` → its ``event``,
 ``page``/``screen`` → ``page``/``screen`` with the page name in metadata; ``userId`` →
 ``userID``, ``anonymousId`` → ``customIDs.stableID``; ``properties`` → string metadata with
 ``revenue`` lifted into ``value``. ``identify``/``group``/``alias`` carry no event: they are

@@ -58,7 +58,7 @@ KEY_QUERY = "k"
 LOG_EVENT = "log_event"
 GZIPPED_QUERY = "gz"  # @statsig/js-client: the body is gzip (no Content-Encoding header)
 ENCODED_QUERY = "se"  # @statsig/js-client: the body is reversed base64 of the JSON
-MAX_INFLATED = 10_000_000  # Statsig's own request limit (API-FACTS.md); more is refused 413
+MAX_INFLATED = 10_000_000  # Statsig's own request limit (docs/sources.md); more is refused 413
 EVENT_WEBHOOK = "event_webhook"
 
 

@@ -4,7 +4,7 @@ Why sorted sets and not Streams: a row needs a *claimable-at* time for two reaso
 (next attempt) and a lease (claim expiry), and both are one sorted-set score. Streams give
 leases (the pending list, XAUTOCLAIM) but no delayed retry: a retried entry would have to be
 re-added under a new id, and settle/DLQ/byte accounting would need the same side structures
-anyway. So, per target (arq's design, see docs/STYLE.md):
+anyway. So, per target (as the arq job queue does it):
 
 * ``{prefix}:row:{id}`` — hash: target, route, body (the JSON array), count, first receive time,
   attempts, last error. Ids come from ``{prefix}:seq`` (INCRBY), so they follow receive order.

@@ -1,7 +1,7 @@
 """A Statsig config change as the change targets read it, and what those targets share.
 
 Statsig sends a change made in its console (a gate, experiment or dynamic config created,
-updated or deleted) as ``statsig::config_change`` (API-FACTS.md)::
+updated or deleted) as ``statsig::config_change``::
 
     {"eventName": "statsig::config_change", "timestamp": 1709660061095,
      "user": {"name": "…", "email": "…"},

@@ -82,7 +82,7 @@ class ChronosphereConfig(TargetConfig):
 def change_event(
     event: Event, source: str = "statsig", category: str = "feature_flags"
 ) -> dict[str, Any]:
-    """The change event for one Statsig config change (the mapping in API-FACTS.md)."""
+    """The change event for one Statsig config change (docs/targets/chronosphere.md)."""
     change = read_change(event)
     labels: dict[str, str] = {"type": change.kind, "name": change.name, "action": change.action}
     if change.description is not None:

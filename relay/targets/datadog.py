@@ -2,7 +2,7 @@
 
 Wire facts relied on (Datadog "Post an event" v2, docs.datadoghq.com/api/latest/events/
 post-an-event, and the datadog-api-client models ``EventPayload``,
-``ChangeEventCustomAttributes``; summarised in DESTINATIONS.md §3):
+``ChangeEventCustomAttributes``; summarised in docs/targets/datadog.md):
 
 * ``POST https://event-management-intake.<site>/api/v2/events``, header ``DD-API-KEY``; one
   event per request, answered ``202``. Body ``{"data": {"type": "event", "attributes": {…}}}``

@@ -2,7 +2,7 @@
 
 Wire facts relied on (grafana/grafana ``docs/sources/developer-resources/api-reference/
 http-api/api-legacy/annotations.md``; grafana.com "Annotations HTTP API"; summarised in
-DESTINATIONS.md §6):
+docs/targets/grafana.md):
 
 * ``POST <grafana>/api/annotations`` with ``Authorization: Bearer <service account token>``
   (permission ``annotations:create``); body ``{"text" (required), "time" (epoch ms), "tags",

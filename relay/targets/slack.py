@@ -2,7 +2,7 @@
 
 Wire facts relied on (api.slack.com incoming-webhooks and block-kit docs, the 2016-05-17
 changelog "changes to errors for incoming webhooks", api.slack.com/docs/rate-limits;
-summarised in DESTINATIONS.md §5):
+summarised in docs/targets/slack.md):
 
 * ``POST <hook URL>`` with JSON ``{"text": …, "blocks": [...]}``; the URL is the credential.
   ``text`` is the fallback shown in notifications when there are blocks. A message holds at
