@@ -12,7 +12,7 @@ acknowledged, and reads the system's CPU time and peak RSS (its child processes 
 Results go to ``bench/results/small-<timestamp>.json`` and ``.md``.
 
     .venv/bin/python bench/small.py --duration 15 --repeat 2 \\
-        --old-cwd ../relay-c4802cd --peer /path/to/fluent-bit
+        --old-cwd ../relay-before --peer /path/to/fluent-bit
 
 Loopback only; every wait has a deadline; it stops only the processes it started.
 """

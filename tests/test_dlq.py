@@ -1,4 +1,5 @@
-"""The DLQ commands are safe in production: each trap of issue 9 has a test here."""
+"""The DLQ commands are safe in production: each trap an operator could fall into has a test
+here."""
 
 from __future__ import annotations
 

@@ -26,6 +26,7 @@ from tests.daemon import REPO_ROOT
 
 DOCS = REPO_ROOT / "docs"
 README = REPO_ROOT / "README.md"
+BENCH_README = REPO_ROOT / "bench" / "README.md"
 REFERENCE = DOCS / "configuration.md"
 PAGES = sorted(DOCS.rglob("*.md"))
 
@@ -75,8 +76,8 @@ HISTORY = re.compile(
 
 def page_params() -> list[typing.Any]:
     params = []
-    for page in [README, *PAGES]:
-        name = page.relative_to(DOCS).as_posix() if page.is_relative_to(DOCS) else page.name
+    for page in [README, BENCH_README, *PAGES]:
+        name = page.relative_to(DOCS if page.is_relative_to(DOCS) else REPO_ROOT).as_posix()
         params.append(pytest.param(page, id=name))
     return params
 
@@ -95,7 +96,15 @@ LINK = re.compile(r"\]\(([^)\s]+)\)")
 CODE = re.compile(r"`([^`\s]+)`")
 
 
-@pytest.mark.parametrize("page", [README, *PAGES], ids=lambda p: p.name)
+def ignored(path: str) -> bool:
+    """A path git ignores: output the page says a command writes (bench/results/)."""
+    check = ["git", "check-ignore", path, f"{path}/"]  # a folder: with its slash
+    return subprocess.run(check, cwd=REPO_ROOT, capture_output=True).returncode == 0
+
+
+@pytest.mark.parametrize(
+    "page", [README, BENCH_README, *PAGES], ids=lambda p: p.relative_to(REPO_ROOT).as_posix()
+)
 def test_every_file_a_page_names_is_in_the_repository(page: Path) -> None:
     """Links (relative to the page) and `paths` under the repository's own folders, like
     `examples/x.yaml` or `tests/run.sh`, name files that exist: no reader is sent nowhere."""
@@ -116,6 +125,7 @@ def test_every_file_a_page_names_is_in_the_repository(page: Path) -> None:
             and first in TOP_LEVEL
             and not placeholder
             and not (REPO_ROOT / path).exists()
+            and not ignored(path)
         ):
             missing.append(token)
     assert not missing, f"{page.name} names files that are not in the repository: {missing}"
@@ -334,5 +344,15 @@ def test_no_file_names_a_path_on_the_developers_machine() -> None:
     for path in repository_text_files():
         for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
             if MACHINE_PATH.search(line):
+                found.append(f"{path.relative_to(REPO_ROOT)}:{n}: {line.strip()}")
+    assert not found, found
+
+
+def test_no_file_speaks_of_the_projects_issues() -> None:
+    """Code and config too: "the trap of issue 9" means nothing to a reader of a clone."""
+    found = []
+    for path in repository_text_files():
+        for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            if re.search(r"\bissues? #?\d+", line, re.I):
                 found.append(f"{path.relative_to(REPO_ROOT)}:{n}: {line.strip()}")
     assert not found, found
