@@ -356,3 +356,115 @@ def test_no_file_speaks_of_the_projects_issues() -> None:
             if re.search(r"\bissues? #?\d+", line, re.I):
                 found.append(f"{path.relative_to(REPO_ROOT)}:{n}: {line.strip()}")
     assert not found, found
+
+
+# --- config.example.yaml: what a user uncomments works -----------------------------------
+
+# A commented line that is a config key (`#   type: segment`, `# - name: x`, `#   # retry_max:
+# 10m`); prose such as `# RudderStack: your data plane URL` is not (config keys are lower case).
+COMMENTED_KEY = re.compile(r"^(\s*)# (\s*)(?:# )?((?:- )?[a-z_][a-z0-9_]*:(?:\s|$).*)$")
+EXAMPLE_ENV = {
+    "RELAY_LISTEN": "127.0.0.1:8080",
+    "RELAY_ADMIN_LISTEN": "127.0.0.1:9102",
+    "SLACK_WEBHOOK_URL": "https://hooks.slack.com/services/T0/B0/x",
+    "HOOK_SECRET": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+    "STATSIG_SERVER_SECRET": "secret-example",
+    "STATSIG_CLIENT_KEY": "client-example",
+}
+
+
+def uncomment(line: str) -> str:
+    return COMMENTED_KEY.sub(r"\1\2\3", line)
+
+
+class AnyVariable(dict[str, str]):
+    """Every variable is set: to a plausible value where the field checks its form."""
+
+    def __contains__(self, name: object) -> bool:
+        return True
+
+    def __getitem__(self, name: str) -> str:
+        return dict.get(self, name) or EXAMPLE_ENV.get(name, "example")
+
+
+def test_every_commented_stanza_of_the_example_config_passes_check(tmp_path: Path) -> None:
+    """config.example.yaml's sources, targets and routes with every commented key uncommented
+    (the delivery settings too) pass `check`, but for the two path pairs its comment names:
+    no commented key is misspelt or stale, no commented route breaks a rule."""
+    from relay.config import parse_config
+    from relay.schema import ConfigError
+
+    lines, section = [], ""
+    for line in (REPO_ROOT / "config.example.yaml").read_text().splitlines():
+        if top := re.match(r"(\w+):", line):
+            section = top.group(1)
+        if section in ("sources", "targets", "routes"):
+            line = uncomment(line)
+        lines.append(line)
+    env = AnyVariable(STATE_DIRECTORY=str(tmp_path))
+    try:
+        config = parse_config("\n".join(lines), env, "config.example.yaml")
+    except ConfigError as exc:
+        errors = [str(e) for e in getattr(exc, "errors", [exc])]
+        assert all("is already served by source" in e for e in errors), errors
+        assert len(errors) == 1  # the first collision: every other check passed
+    else:
+        pytest.fail(f"no path collision: the comment in the file is stale ({config.sources})")
+
+
+def yaml_blocks() -> list[typing.Any]:
+    """Every ```yaml block of the README and the docs pages, with its commented keys."""
+    blocks = []
+    for page in [README, *PAGES]:
+        text = page.read_text()
+        for block in re.finditer(r"^```ya?ml\n(.*?)^```", text, re.M | re.S):
+            line = text[: block.start()].count("\n") + 1
+            name = f"{page.relative_to(REPO_ROOT).as_posix()}:{line}"
+            blocks.append(pytest.param(page, block.group(1), id=name))
+    return blocks
+
+
+# Errors about what a key is called or which kind it names; a fragment on a page may well leave
+# out the source its route reads from, or show two alternatives (tenant / url) at once.
+NAMING = ("unknown key", "unknown type", "unknown preset", "required; one of")
+
+
+@pytest.mark.parametrize(("page", "block"), yaml_blocks())
+def test_every_key_a_page_shows_is_one_check_accepts(
+    page: Path, block: str, tmp_path: Path
+) -> None:
+    """A YAML example on a page (its commented keys too) uses keys and types that exist."""
+    from relay.config import parse_config
+    from relay.schema import ConfigError
+
+    text = "\n".join(uncomment(line) for line in block.splitlines())
+    try:
+        parse_config(text, AnyVariable(STATE_DIRECTORY=str(tmp_path)), page.name)
+    except ConfigError as exc:
+        errors = [str(e) for e in getattr(exc, "errors", [exc])]
+        naming = [e for e in errors if any(n in e for n in NAMING) or "valid YAML" in e]
+        assert not naming, naming
+
+
+@pytest.mark.parametrize("kind", sorted(TARGETS))
+def test_a_commented_key_on_a_target_page_shows_the_targets_default(kind: str) -> None:
+    """On a target's page, `# batch_max_events: 1000` tells what the key is when left out: the
+    value shown is that kind's own default (keys without one, like `# url: ...` where `tenant`
+    is the other choice, are examples)."""
+    import yaml
+
+    defaults = schema_defaults(TARGETS[kind].config_class)
+    page = DOCS / "targets" / f"{kind}.md"
+    wrong = {}
+    for block in re.findall(r"^```ya?ml\n(.*?)^```", page.read_text(), re.M | re.S):
+        for line in block.splitlines():
+            if uncomment(line) == line or re.match(r"\s*(?:# )?- ", line):
+                continue
+            key, value = next(iter(yaml.safe_load(uncomment(line).strip()).items()))
+            default = defaults.get(key)
+            if default is None or value is None:
+                continue
+            stated = written(f"`{value}`", default) if not isinstance(value, bool) else value
+            if stated != default:
+                wrong[key] = (value, default)
+    assert not wrong, f"docs/targets/{kind}.md: shown ≠ the default: {wrong}"
