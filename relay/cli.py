@@ -1,4 +1,5 @@
-"""``statsig-relay run|check|dlq|send``: parse arguments, call the library, exit non-zero."""
+"""``statsig-relay run|check|dlq|spool|status|send``: parse arguments, call the library, exit
+non-zero."""
 
 from __future__ import annotations
 

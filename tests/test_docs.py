@@ -4,6 +4,7 @@ and the configuration reference lists every key `check` accepts."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import re
@@ -468,3 +469,132 @@ def test_a_commented_key_on_a_target_page_shows_the_targets_default(kind: str) -
             if stated != default:
                 wrong[key] = (value, default)
     assert not wrong, f"docs/targets/{kind}.md: shown ≠ the default: {wrong}"
+
+
+# --- the commands the pages show ---------------------------------------------------------
+
+
+def parser_tree() -> dict[tuple[str, ...], argparse.ArgumentParser]:
+    """(command, action) → its parser, from the parser `statsig-relay` itself builds."""
+    from relay.cli import build_parser
+
+    tree: dict[tuple[str, ...], argparse.ArgumentParser] = {}
+
+    def walk(parser: argparse.ArgumentParser, path: tuple[str, ...]) -> None:
+        tree[path] = parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    walk(child, (*path, name))
+
+    walk(build_parser(), ())
+    return tree
+
+
+def option_strings(parser: argparse.ArgumentParser) -> set[str]:
+    return {s for action in parser._actions for s in action.option_strings}
+
+
+# Where commands are shown: the pages, and what ships (unit, image, alert annotations).
+SHOWN_IN = [
+    README,
+    BENCH_README,
+    *PAGES,
+    REPO_ROOT / "config.example.yaml",
+    *sorted((REPO_ROOT / "examples").glob("*.yaml")),
+    REPO_ROOT / "systemd" / "statsig-relay.service",
+    REPO_ROOT / "Dockerfile",
+    REPO_ROOT / "deploy" / "prometheus" / "alerts.yml",
+]
+# `statsig-relay` (or `python -m relay`) where a shell would run it: first in a code span, a
+# line, or after `$`, `=`, `&&`, `;`, `|` or a path; the words after it up to the end of the
+# command (a pipe, a comment, the end of the code span).
+INVOCATION = re.compile(
+    r"(?:^|[`$=;&|]\s*|\s(?=\.venv/)|\s(?=/opt/))(?:[\w./-]*/)?"
+    r"(?:statsig-relay|python3? -m relay)\b(?![./:\w-])((?:[^`|#;&\n]|\\\|)*)",
+    re.M,
+)
+
+
+def code_lines(path: Path) -> list[tuple[int, str]]:
+    """A page's code: the lines of its fenced blocks and its `code spans`, numbered; every line
+    of a file that is not Markdown (comments included: they show commands too)."""
+    lines = path.read_text().splitlines()
+    if path.suffix != ".md":
+        return list(enumerate(lines, 1))
+    code, fence = [], False
+    for n, line in enumerate(lines, 1):
+        if line.startswith("```"):
+            fence = not fence
+        elif fence:
+            code.append((n, line))
+        else:
+            code += [(n, span) for span in re.findall(r"`([^`]+)`", line)]
+    return code
+
+
+def invocations() -> list[tuple[str, str]]:
+    """(where, the words after the executable) for each command shown."""
+    found = []
+    for path in SHOWN_IN:
+        for n, line in code_lines(path):
+            for match in INVOCATION.finditer(line):
+                found.append((f"{path.relative_to(REPO_ROOT)}:{n}", match.group(1)))
+    return found
+
+
+def test_every_command_and_option_a_page_shows_exists() -> None:
+    tree = parser_tree()
+    wrong = []
+    seen = 0
+    for where, words in invocations():
+        tokens = words.replace("\\|", " ").split()
+        path: tuple[str, ...] = ()
+        while tokens and not tokens[0].startswith("-") and (*path, tokens[0]) in tree:
+            path = (*path, tokens.pop(0))
+        if tokens and tokens[0] in ("COMMAND", "ACTION"):  # `statsig-relay COMMAND --help`
+            continue
+        if path == () and tokens and not tokens[0].startswith("-"):
+            if re.fullmatch(r"[a-z]+", tokens[0]):
+                wrong.append(f"{where}: no command {tokens[0]!r}")
+            continue
+        if len(path) == 1 and path[0] in ("dlq", "spool") and tokens:
+            # `dlq list|show|export|replay|purge`: each one an action
+            for name in re.findall(r"^[a-z|]+$", tokens[0].replace("\\", "")):
+                wrong += [f"{where}: no action {path[0]} {a}" for a in name.split("|")
+                          if (path[0], a) not in tree]  # fmt: skip
+        options = option_strings(tree[path])
+        for token in tokens:
+            option = re.match(r"\[?(--?[a-zA-Z][\w-]*)", token)
+            if option and option.group(1) not in options:
+                wrong.append(f"{where}: {' '.join(path) or 'statsig-relay'} has no {option[1]}")
+        seen += 1
+    assert seen > 40, seen  # the pattern still finds the commands
+    assert not wrong, wrong
+
+
+def test_commands_md_names_every_command_and_action() -> None:
+    text = (DOCS / "commands.md").read_text().replace("\\|", "|")
+    missing = []
+    for path in parser_tree():
+        if not path:
+            continue
+        shown = re.compile(rf"statsig-relay {path[0]}\b" + (
+            rf" (?:[a-z]+\|)*{path[1]}\b" if len(path) > 1 else ""))  # fmt: skip
+        if not shown.search(text):
+            missing.append(" ".join(path))
+    assert not missing, f"docs/commands.md does not show: {missing}"
+
+
+def test_every_option_is_documented() -> None:
+    """Each option of each command is named in Commands or Operations (the DLQ's filters)."""
+    text = (DOCS / "commands.md").read_text() + (DOCS / "operations.md").read_text()
+    missing = set()
+    for path, parser in parser_tree().items():
+        for action in parser._actions:
+            names = set(action.option_strings) - {"-h", "--help"}
+            if names and not any(
+                re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", text) for name in names
+            ):
+                missing.add(f"{' '.join(path) or 'statsig-relay'} {'/'.join(sorted(names))}")
+    assert not missing, sorted(missing)
