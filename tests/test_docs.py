@@ -598,3 +598,117 @@ def test_every_option_is_documented() -> None:
             ):
                 missing.add(f"{' '.join(path) or 'statsig-relay'} {'/'.join(sorted(names))}")
     assert not missing, sorted(missing)
+
+
+# --- the metrics the pages and the shipped dashboard and alerts name -------------------------
+
+SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+
+
+def exported() -> dict[str, set[str]]:
+    """Every sample name the relay's registry can export → its label names."""
+    from relay.metrics import RelayMetrics
+
+    names: dict[str, set[str]] = {}
+    for collector in set(RelayMetrics().registry._collector_to_names):
+        for family in collector.describe():
+            labels = set(getattr(collector, "_labelnames", ()))
+            labels |= {"job", "instance"}  # added by Prometheus to every series it scrapes
+            for suffix in SUFFIXES[family.type]:
+                names[family.name + suffix] = labels | ({"le"} if suffix == "_bucket" else set())
+            if family.type == "histogram":  # a page names the histogram itself
+                names[family.name] = labels
+    return names
+
+
+METRIC_NAMED = re.compile(r"\brelay_[a-z_]+\b")
+SELECTOR = re.compile(r"\b(relay_[a-z_]+)\{([^}]*)\}")
+NAMES_METRICS = [
+    README,
+    BENCH_README,
+    *PAGES,
+    *sorted((REPO_ROOT / "deploy").rglob("*.y*ml")),
+    *sorted((REPO_ROOT / "deploy").rglob("*.json")),
+]
+
+
+@pytest.mark.parametrize("path", NAMES_METRICS, ids=lambda p: p.relative_to(REPO_ROOT).as_posix())
+def test_every_metric_named_is_one_the_relay_exports(path: Path) -> None:
+    """A metric (and the labels of a selector) that a page, the dashboard or an alert names is
+    one the relay's registry exports; `relay_events_` as a prefix (for grep) names some."""
+    names = exported()
+    text = path.read_text()
+    unknown = [
+        name
+        for name in METRIC_NAMED.findall(text)
+        if name not in names and not (name.endswith("_") and any(n.startswith(name) for n in names))
+    ]
+    assert not unknown, unknown
+    wrong_labels = []
+    for name, selector in SELECTOR.findall(text):
+        for label in re.findall(r"(\w+)\s*(?:=~|!=|!~|=)", selector):
+            if name in names and label not in names[name]:
+                wrong_labels.append(f"{name}{{{label}}}")
+    assert not wrong_labels, wrong_labels
+
+
+def test_the_metrics_table_gives_each_metrics_labels() -> None:
+    """docs/operations.md's table: every metric the relay exports, with its labels."""
+    names = exported()
+    documented = set()
+    for row in re.findall(r"^\| (`relay_.*)$", (DOCS / "operations.md").read_text(), re.M):
+        cells = [c.strip() for c in row.split("|")]
+        labels = {label.strip() for label in cells[1].split(",") if label.strip()}
+        for name in re.findall(r"`(relay_[a-z_]+)`", cells[0]):
+            documented.add(name)
+            assert name in names, name
+            assert labels == names[name] - {"job", "instance"}, (name, labels)
+    families = {n for n in names if not n.endswith(("_bucket", "_sum", "_count"))}
+    assert families - documented == set()
+
+
+# --- the layout in docs/development.md -------------------------------------------------------
+
+
+def layout() -> list[tuple[str, str]]:
+    """(top-level entry, the text describing it) from the Layout block of Development."""
+    text = (DOCS / "development.md").read_text()
+    block = re.search(r"^## Layout\n+```\n(.*?)^```", text, re.M | re.S)
+    assert block, "docs/development.md has no Layout block"
+    entries: list[tuple[str, str]] = []
+    for line in block.group(1).splitlines():
+        if line[:1].strip():
+            name, _, rest = line.partition(" ")
+            entries.append((name, rest))
+        elif entries:
+            entries[-1] = (entries[-1][0], entries[-1][1] + " " + line)
+    return entries
+
+
+def test_the_layout_names_files_that_exist() -> None:
+    """Each entry is in the repository, and each file it names is in that entry's folder (or,
+    given from the top, in the repository)."""
+    missing = []
+    for entry, text in layout():
+        if not (REPO_ROOT / entry).exists():
+            missing.append(entry)
+            continue
+        if not entry.endswith("/"):
+            continue
+        here = [p.relative_to(REPO_ROOT / entry).as_posix() for p in (REPO_ROOT / entry).rglob("*")]
+        for name in re.findall(r"(?<![\w./-])([\w./-]+\.(?:py|sh|lua|md|png|conf))\b", text):
+            in_repo = (REPO_ROOT / name).exists()  # README.md, tests/test_status.py
+            if not in_repo and not any(p == name or p.endswith(f"/{name}") for p in here):
+                missing.append(f"{entry}{name}")
+    assert not missing, f"docs/development.md's layout names what is not there: {missing}"
+
+
+def test_the_layout_names_every_module() -> None:
+    text = " ".join(f"{entry} {rest}" for entry, rest in layout())
+    unnamed = [
+        module.relative_to(REPO_ROOT).as_posix()
+        for module in sorted((REPO_ROOT / "relay").rglob("*.py"))
+        if module.name not in ("__init__.py", "__main__.py")
+        and not re.search(rf"(?<![\w-]){re.escape(module.name)}\b", text)
+    ]
+    assert not unnamed, f"docs/development.md's layout leaves out: {unnamed}"
