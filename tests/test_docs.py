@@ -712,3 +712,19 @@ def test_the_layout_names_every_module() -> None:
         and not re.search(rf"(?<![\w-]){re.escape(module.name)}\b", text)
     ]
     assert not unnamed, f"docs/development.md's layout leaves out: {unnamed}"
+
+
+def test_the_readme_layout_names_where_an_event_enters_waits_and_leaves() -> None:
+    text = README.read_text()
+    block = re.search(r"^## Layout\n.*?^```\n(.*?)^```", text, re.M | re.S)
+    assert block, "README.md has no Layout block"
+    paths = [line.split()[0] for line in block.group(1).splitlines() if line.strip()]
+    missing = [path for path in paths if not (REPO_ROOT / path).exists()]
+    assert not missing, f"README.md's layout names what is not there: {missing}"
+    for role in (
+        "where an event enters",
+        "where it is filtered",
+        "where it waits",
+        "where it leaves",
+    ):
+        assert role in block.group(1), f"README.md's layout does not say {role}"
