@@ -558,7 +558,11 @@ def _send(args: argparse.Namespace) -> int:
 
     from .sources.statsig_webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 
-    body = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    try:
+        body = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    except OSError as exc:
+        print(f"statsig-relay: send: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        return 2
     headers = {"Content-Type": "application/json"}
     if args.secret:
         timestamp = str(int(time.time() * 1000))
@@ -566,9 +570,14 @@ def _send(args: argparse.Namespace) -> int:
         headers[SIGNATURE_HEADER] = sign(args.secret.encode(), timestamp, body)
     for header in args.header:
         name, _, value = header.partition(":")
+        try:  # http.client sends header values as latin-1
+            value.strip().encode("latin-1")
+        except UnicodeEncodeError:
+            print(f"statsig-relay: send: --header {name.strip()}: not latin-1", file=sys.stderr)
+            return 2
         headers[name.strip()] = value.strip()
-    request = urllib.request.Request(args.url, data=body, headers=headers, method="POST")
     try:
+        request = urllib.request.Request(args.url, data=body, headers=headers, method="POST")
         with urllib.request.urlopen(request, timeout=30) as response:
             print(response.status, response.read().decode(errors="replace"))
             return 0
@@ -578,3 +587,6 @@ def _send(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"statsig-relay: cannot reach {args.url}: {exc}", file=sys.stderr)
         return 1
+    except ValueError as exc:  # urllib: no scheme, a bad host
+        print(f"statsig-relay: send: not a URL: {args.url} ({exc})", file=sys.stderr)
+        return 2

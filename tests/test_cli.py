@@ -126,3 +126,25 @@ routes: [{{name: all, from: statsig, to: out}}]
         assert "in use by another relay process" in result.stderr
     finally:
         os.close(lock)
+
+
+def test_send_with_an_unreadable_file_a_bad_url_or_header_says_so_and_exits_2(
+    tmp_path: Path,
+) -> None:
+    """These were Python tracebacks (FileNotFoundError, ValueError, UnicodeEncodeError)."""
+    body = tmp_path / "batch.json"
+    body.write_text("[]")
+    url = "http://127.0.0.1:9/webhooks/statsig"  # never reached: each use is refused first
+    uses = {
+        (url, str(tmp_path / "missing.json")): "cannot read",
+        (url, str(tmp_path)): "cannot read",
+        ("not-a-url", str(body)): "not-a-url",
+        ("http://[::1/x", str(body)): "http://[::1/x",
+        (url, str(body), "--header", "X-Note: €"): "X-Note",
+    }
+    for args, named in uses.items():
+        result = cli("send", *args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert "Traceback" not in result.stderr, args
+        assert result.stderr.startswith("statsig-relay: send: "), (args, result.stderr)
+        assert named in result.stderr, (args, result.stderr)
