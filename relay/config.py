@@ -400,9 +400,15 @@ def _yaml_problem(exc: yaml.MarkedYAMLError) -> str:
 
 def _read(path: str | os.PathLike[str]) -> str:
     try:
-        return Path(path).read_text()
+        return Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError("", f"cannot read config {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            "",
+            f"cannot read config {path}: not UTF-8 text"
+            f" (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})",
+        ) from None
 
 
 def _components(

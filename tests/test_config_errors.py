@@ -147,3 +147,20 @@ routes: [{{name: a, from: [statsig, sdk], to: out}}]
     assert result.returncode == 2
     assert f"{where}: environment variable CRED is set but empty" in result.stderr
     assert "1 config error in" in result.stderr
+
+
+def test_a_config_file_that_is_not_utf8_is_a_config_error_not_a_traceback(
+    tmp_path: Path,
+) -> None:
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes("# réglages\n".encode("latin-1") + (REPO / "config.example.yaml").read_bytes())
+    result = subprocess.run(
+        [sys.executable, "-m", "relay", "check", "-c", str(bad)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"cannot read config {bad}: not UTF-8 text (byte 0xe9 at offset 3)" in result.stderr
