@@ -6,11 +6,12 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import sys
 import time
 import urllib.error
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -119,7 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (short, long) in DLQ_ACTIONS.items():
         action = actions.add_parser(name, parents=[selection], help=short, description=long)
         if name in ("list", "show"):
-            action.add_argument("--limit", type=int, default=50, help="rows shown (default 50)")
+            action.add_argument(
+                "--limit", type=_positive(int), default=50, help="rows shown (default 50)"
+            )
         if name == "list":
             action.add_argument("--json", action="store_true", help="one JSON object per row")
         if name == "purge":
@@ -161,7 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("-c", "--config", help="read server.admin_listen from this config")
     status.add_argument("--url", help="admin base URL (default http://127.0.0.1:9102)")
     status.add_argument(
-        "--watch", nargs="?", type=float, const=2.0, metavar="SECONDS", help="refresh (every 2 s)"
+        "--watch",
+        nargs="?",
+        type=_positive(float),
+        const=2.0,
+        metavar="SECONDS",
+        help="refresh (every 2 s)",
     )
 
     send = command(
@@ -179,6 +187,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     send.add_argument("--header", action="append", default=[], help="extra 'Name: value'")
     return parser
+
+
+def _positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
+    """An argparse type: a finite number above 0 (a bad one is a usage error, exit 2)."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = 0
+        if not 0 < value < math.inf:
+            raise argparse.ArgumentTypeError(f"must be a positive {kind.__name__}, got {text!r}")
+        return value
+
+    return parse
 
 
 def main(argv: Sequence[str] | None = None) -> int:
