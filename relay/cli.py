@@ -7,11 +7,12 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import sys
 import time
 import urllib.error
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -120,7 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (short, long) in DLQ_ACTIONS.items():
         action = actions.add_parser(name, parents=[selection], help=short, description=long)
         if name in ("list", "show"):
-            action.add_argument("--limit", type=int, default=50, help="rows shown (default 50)")
+            action.add_argument(
+                "--limit", type=_positive(int), default=50, help="rows shown (default 50)"
+            )
         if name == "list":
             action.add_argument("--json", action="store_true", help="one JSON object per row")
         if name == "purge":
@@ -162,7 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("-c", "--config", help="read server.admin_listen from this config")
     status.add_argument("--url", help="admin base URL (default http://127.0.0.1:9102)")
     status.add_argument(
-        "--watch", nargs="?", type=float, const=2.0, metavar="SECONDS", help="refresh (every 2 s)"
+        "--watch",
+        nargs="?",
+        type=_positive(float),
+        const=2.0,
+        metavar="SECONDS",
+        help="refresh (every 2 s)",
     )
 
     send = command(
@@ -180,6 +188,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     send.add_argument("--header", action="append", default=[], help="extra 'Name: value'")
     return parser
+
+
+def _positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
+    """An argparse type: a finite number above 0 (a bad one is a usage error, exit 2)."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = 0
+        if not 0 < value < math.inf:
+            raise argparse.ArgumentTypeError(f"must be a positive {kind.__name__}, got {text!r}")
+        return value
+
+    return parse
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -559,7 +582,11 @@ def _send(args: argparse.Namespace) -> int:
 
     from .sources.statsig_webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 
-    body = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    try:
+        body = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    except OSError as exc:
+        print(f"statsig-relay: send: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        return 2
     headers = {"Content-Type": "application/json"}
     if args.secret:
         timestamp = str(int(time.time() * 1000))
@@ -567,9 +594,14 @@ def _send(args: argparse.Namespace) -> int:
         headers[SIGNATURE_HEADER] = sign(args.secret.encode(), timestamp, body)
     for header in args.header:
         name, _, value = header.partition(":")
+        try:  # http.client sends header values as latin-1
+            value.strip().encode("latin-1")
+        except UnicodeEncodeError:
+            print(f"statsig-relay: send: --header {name.strip()}: not latin-1", file=sys.stderr)
+            return 2
         headers[name.strip()] = value.strip()
-    request = urllib.request.Request(args.url, data=body, headers=headers, method="POST")
     try:
+        request = urllib.request.Request(args.url, data=body, headers=headers, method="POST")
         with urllib.request.urlopen(request, timeout=30) as response:
             print(response.status, response.read().decode(errors="replace"))
             return 0
@@ -579,3 +611,6 @@ def _send(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"statsig-relay: cannot reach {args.url}: {exc}", file=sys.stderr)
         return 1
+    except ValueError as exc:  # urllib: no scheme, a bad host
+        print(f"statsig-relay: send: not a URL: {args.url} ({exc})", file=sys.stderr)
+        return 2

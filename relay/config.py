@@ -197,16 +197,23 @@ def _evaluate(expr: str, env: Mapping[str, str], path: str, found: Expansion) ->
     if expr.startswith("file:"):
         file_path = _expand_text(expr[5:], env, path, found)
         try:
-            return Path(file_path).read_text().strip()
+            return Path(file_path).read_text(encoding="utf-8").strip()
         except OSError as exc:
             found.errors.append(
                 ConfigError(path, f"cannot read secret file {file_path}: {exc.strerror}")
             )
-            return ""
+        except UnicodeDecodeError:  # never quoted: the bytes are a secret
+            found.errors.append(ConfigError(path, f"secret file {file_path} is not UTF-8 text"))
+        return ""
     name, sep, default = expr.partition(":-")
     if name in env:
         if env[name] == "":
             found.empty.append((path, name))
+        try:  # os.environ keeps bytes that are not UTF-8 as lone surrogates
+            env[name].encode()
+        except UnicodeEncodeError:
+            found.errors.append(ConfigError(path, f"environment variable {name} is not UTF-8 text"))
+            return ""
         return env[name]
     if sep:
         return _expand_text(default, env, path, found)
@@ -292,7 +299,10 @@ class _Collector:
             if any(str(e) == str(error) for e in self.errors):
                 continue
             unset = error.path in self.unset and "is not set" in error.message
-            if unset or "cannot read secret file" in error.message or not self._follows(error.path):
+            unreadable = "cannot read secret file" in error.message or error.message.endswith(
+                "is not UTF-8 text"
+            )
+            if unset or unreadable or not self._follows(error.path):
                 self.errors.append(error)
 
     def refuse(self, error: ConfigError) -> None:
@@ -400,9 +410,15 @@ def _yaml_problem(exc: yaml.MarkedYAMLError) -> str:
 
 def _read(path: str | os.PathLike[str]) -> str:
     try:
-        return Path(path).read_text()
+        return Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError("", f"cannot read config {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            "",
+            f"cannot read config {path}: not UTF-8 text"
+            f" (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})",
+        ) from None
 
 
 def _components(

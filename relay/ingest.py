@@ -353,6 +353,10 @@ class Ingest:
             raise SourceError(
                 408, f"the body did not arrive within {self.body_timeout:g}s", close=True
             ) from None
+        except ConnectionError:  # the sender hung up mid-body: its doing, not a relay bug
+            raise SourceError(
+                400, "the connection closed before the body was complete", "disconnected", True
+            ) from None
         except RequestPayloadError as exc:
             if compressed and not source.accepts_gzip:
                 raise SourceError(415, NOT_COMPRESSED, "unsupported", close=True) from None

@@ -126,3 +126,46 @@ routes: [{{name: all, from: statsig, to: out}}]
         assert "in use by another relay process" in result.stderr
     finally:
         os.close(lock)
+
+
+def test_send_with_an_unreadable_file_a_bad_url_or_header_says_so_and_exits_2(
+    tmp_path: Path,
+) -> None:
+    """These were Python tracebacks (FileNotFoundError, ValueError, UnicodeEncodeError)."""
+    body = tmp_path / "batch.json"
+    body.write_text("[]")
+    url = "http://127.0.0.1:9/webhooks/statsig"  # never reached: each use is refused first
+    uses = {
+        (url, str(tmp_path / "missing.json")): "cannot read",
+        (url, str(tmp_path)): "cannot read",
+        ("not-a-url", str(body)): "not-a-url",
+        ("http://[::1/x", str(body)): "http://[::1/x",
+        (url, str(body), "--header", "X-Note: €"): "X-Note",
+    }
+    for args, named in uses.items():
+        result = cli("send", *args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert "Traceback" not in result.stderr, args
+        assert result.stderr.startswith("statsig-relay: send: "), (args, result.stderr)
+        assert named in result.stderr, (args, result.stderr)
+
+
+def test_status_watch_and_dlq_limit_refuse_numbers_that_are_not_positive(tmp_path: Path) -> None:
+    """``status --watch -1`` ended in a traceback from time.sleep; ``dlq list --limit -5`` on
+    an empty queue printed "... 5 more rows"."""
+    config = tmp_path / "relay.yaml"
+    config.write_text(f"spool: {{backend: sqlite, path: {tmp_path / 'spool.db'}}}\n")
+    uses = [
+        ("status", "--url", "http://127.0.0.1:9", "--watch", "-1"),
+        ("status", "--url", "http://127.0.0.1:9", "--watch", "nan"),
+        ("status", "--url", "http://127.0.0.1:9", "--watch", "inf"),
+        ("dlq", "list", "-c", str(config), "--limit", "-5"),
+        ("dlq", "show", "-c", str(config), "--limit", "0"),
+    ]
+    for args in uses:
+        result = cli(*args)
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert "Traceback" not in result.stderr, args
+        assert "more rows" not in result.stdout, args
+        option = args[-2]
+        assert f"argument {option}: must be a positive" in result.stderr, (args, result.stderr)

@@ -147,3 +147,64 @@ routes: [{{name: a, from: [statsig, sdk], to: out}}]
     assert result.returncode == 2
     assert f"{where}: environment variable CRED is set but empty" in result.stderr
     assert "1 config error in" in result.stderr
+
+
+def test_a_config_file_that_is_not_utf8_is_a_config_error_not_a_traceback(
+    tmp_path: Path,
+) -> None:
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes("# réglages\n".encode("latin-1") + (REPO / "config.example.yaml").read_bytes())
+    result = subprocess.run(
+        [sys.executable, "-m", "relay", "check", "-c", str(bad)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"cannot read config {bad}: not UTF-8 text (byte 0xe9 at offset 3)" in result.stderr
+
+
+def test_a_secret_that_is_not_utf8_in_a_file_or_variable_is_an_error_naming_the_field(
+    tmp_path: Path,
+) -> None:
+    """A raw random secret file (``head -c 32 /dev/urandom``) or a variable holding such bytes
+    ended check and run in a traceback."""
+    secret_file = tmp_path / "statsig_secret"
+    secret_file.write_bytes(b"LEAK\xff\xfe-raw")
+    config = tmp_path / "relay.yaml"
+    for value, env, message in [
+        (
+            f"${{file:{secret_file}}}",
+            {},
+            f"sources.statsig.signing_secret: secret file {secret_file} is not UTF-8 text",
+        ),
+        (
+            "${HOOK_SECRET}",
+            {"HOOK_SECRET": b"LEAK\xff-raw"},
+            "sources.statsig.signing_secret: environment variable HOOK_SECRET is not UTF-8 text",
+        ),
+    ]:
+        config.write_text(
+            f"""
+sources:
+  statsig: {{type: statsig_webhook, path: /w, signing_secret: "{value}"}}
+targets:
+  out: {{type: file, path: ./out.jsonl}}
+routes:
+  - {{name: all, from: statsig, to: out}}
+"""
+        )
+        result = subprocess.run(
+            [sys.executable, "-m", "relay", "check", "-c", str(config)],
+            capture_output=True,
+            cwd=tmp_path,
+            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), **env},
+            timeout=60,
+        )
+        stderr = result.stderr.decode(errors="replace")
+        assert result.returncode == 2, stderr
+        assert "Traceback" not in stderr
+        assert message in stderr, stderr
+        assert b"LEAK" not in result.stdout + result.stderr

@@ -231,3 +231,54 @@ routes: [{{name: all, from: hook, to: out}}]
         assert logged in log
         assert "LEAKED" not in log and "LEAKED" not in status
         assert await daemon.terminate() == 0
+
+
+# Targets whose URL is configurable, each with a password in it (https://user:password@host):
+# the URL is sent to and is not itself a secret field, but its password is.
+WITH_PASSWORD = f"http://relay:{LEAK}@127.0.0.1:9"
+URL_TARGETS = ", ".join(
+    [
+        f"st: {{type: statsig, server_secret: secret-ok, url: '{WITH_PASSWORD}/v1/log_event'}}",
+        f"gr: {{type: grafana, url: '{WITH_PASSWORD}', token: tok}}",
+        f"sg: {{type: segment, write_key: wk, base_url: '{WITH_PASSWORD}'}}",
+        f"ch: {{type: chronosphere, url: '{WITH_PASSWORD}', api_token: tok}}",
+        f"dd: {{type: datadog, api_key: key, base_url: '{WITH_PASSWORD}'}}",
+        f"am: {{type: amplitude, api_key: key, base_url: '{WITH_PASSWORD}'}}",
+        f"mp: {{type: mixpanel, project_token: tok, base_url: '{WITH_PASSWORD}'}}",
+        f"hp: {{type: heap, app_id: '1', base_url: '{WITH_PASSWORD}'}}",
+        f"wh: {{type: webhook, url: '{WITH_PASSWORD}/in'}}",
+        f"ft: {{type: fivetran, url: '{WITH_PASSWORD}/in'}}",
+    ]
+)
+
+
+async def test_a_password_in_a_target_url_is_hidden_by_check_and_on_status(
+    tmp_path: Path,
+) -> None:
+    """``check`` and /status showed statsig, grafana, segment, … URLs with their password."""
+    path = write_config(tmp_path, HOOK, URL_TARGETS)
+    result = subprocess.run(
+        [sys.executable, "-m", "relay", "check", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO_ROOT)},
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "LEAKED" not in result.stdout + result.stderr, result.stdout
+    assert "st: statsig log_event http://relay:[redacted]@127.0.0.1:9/v1/log_event" in result.stdout
+    assert "gr: grafana annotations to http://relay:[redacted]@127.0.0.1:9/api/" in result.stdout
+
+    port, admin = free_port(), free_port()
+    text = path.read_text().replace(
+        path.read_text().splitlines()[1],
+        f"server: {{listen: '127.0.0.1:{port}', admin_listen: '127.0.0.1:{admin}'}}",
+    )
+    async with DaemonProcess(text, tmp_path) as daemon:
+        await daemon.start(f"http://127.0.0.1:{admin}/readyz")
+        _, status = await get(f"http://127.0.0.1:{admin}/status")
+        _, status_json = await get(f"http://127.0.0.1:{admin}/status.json")
+        assert "relay:[redacted]@127.0.0.1:9" in status_json
+        assert "LEAKED" not in status + status_json + daemon.log_text()
+        assert await daemon.terminate() == 0

@@ -224,3 +224,22 @@ async def test_without_reuse_port_a_second_relay_on_a_taken_port_exits_naming_th
             raise AssertionError("a second relay started on a port another relay listens on")
         assert f"server.listen 127.0.0.1:{port}: Address already in use" in second.log_text()
         assert await first.terminate() == 0
+
+
+async def test_sighup_with_a_config_that_is_not_utf8_is_refused_and_keeps_the_running_one(
+    tmp_path: Path, fake_targets: FakeTargetFactory
+) -> None:
+    fake = await fake_targets()
+    port, admin = free_port(), free_port()
+    good = daemon_config(fake, port, admin)
+    async with DaemonProcess(good, tmp_path, env={"HOOK_SECRET": SECRET}) as daemon:
+        await daemon.start(f"http://127.0.0.1:{admin}/readyz")
+        daemon.config_path.write_bytes(b"# \xe9\n" + good.encode())
+        os.kill(daemon.pid, signal.SIGHUP)  # type: ignore[arg-type]
+        await poll_until(lambda: _reloads(admin, "error"), timeout=10, message=daemon.log_tail)
+        async with aiohttp.ClientSession() as session:
+            assert await send(session, port, batch("kept", 2)) == 200
+        await poll_until(lambda: {"kept-0", "kept-1"} <= delivered(fake))
+        assert "not UTF-8 text" in daemon.log_text()
+        assert "Traceback" not in daemon.log_text()
+        assert await daemon.terminate() == 0

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import gzip
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 
@@ -13,7 +15,8 @@ from relay.schema import ConfigError
 from relay.targets.base import Batch
 from relay.targets.statsig import StatsigConfig, StatsigTarget
 from tests.conftest import RelayFactory, post, public_url, scraped_metric
-from tests.fakes import FakeTarget, FakeTargetFactory
+from tests.daemon import DaemonProcess, free_port
+from tests.fakes import FakeTarget, FakeTargetFactory, poll_until
 
 KEY = "secret-relay-in"
 
@@ -284,3 +287,60 @@ routes: [{{name: sdk-to-statsig, from: sdk, to: statsig}}]
         ("a", by_name["a"]), ("c", js)]]  # fmt: skip
     body, _ = target.encode(Batch.of_events(events))
     assert [e["statsigMetadata"] for e in orjson.loads(body)["events"]] == [by_name["a"], js]
+
+
+DEEP = "<deep>"
+
+
+async def test_a_request_level_user_or_statsig_metadata_no_target_can_carry_is_a_400_naming_it(
+    tmp_path: Path,
+) -> None:
+    """The request's ``user`` and ``statsigMetadata`` go onto every event after each event was
+    screened: nested past 200 levels, or holding a number beyond a double, they made the spool
+    row unencodable, a 500 logged as a relay bug."""
+    port, admin = free_port(), free_port()
+    text = f"""
+server: {{listen: "127.0.0.1:{port}", admin_listen: "127.0.0.1:{admin}"}}
+spool: {{backend: sqlite, path: ./data/spool.db}}
+sources:
+  sdk: {{type: statsig_events, api_keys: ["{KEY}"]}}
+targets:
+  out: {{type: file, path: ./data/out.jsonl}}
+routes:
+  - {{name: all, from: sdk, to: out}}
+"""
+    deep = b'{"a":' * 300 + b"1" + b"}" * 300
+    events = [{"eventName": "e", "user": {"userID": "u1"}}, {"eventName": "shared"}]
+    cases = {
+        "user": (
+            {"events": events, "user": {"userID": "u2", "custom": DEEP}},
+            deep,
+            "user: nested deeper than 200 levels",
+        ),
+        "statsigMetadata": (
+            {"events": events, "statsigMetadata": {"sdkType": "js", "x": DEEP}},
+            deep,
+            "statsigMetadata: nested deeper than 200 levels",
+        ),
+        "statsigMetadata number": (
+            {"events": events, "statsigMetadata": {"stableID": "s", "n": DEEP}},
+            b"1e400",
+            "statsigMetadata.n: 1e400 is beyond the range of a double (about ±1.8e308)",
+        ),
+    }
+    url = f"http://127.0.0.1:{port}/statsig/v1/rgstr"
+    async with DaemonProcess(text, tmp_path) as daemon:
+        await daemon.start(f"http://127.0.0.1:{admin}/readyz")
+        async with aiohttp.ClientSession() as session:
+            for case, (document, inner, reason) in cases.items():
+                body = orjson.dumps(document).replace(f'"{DEEP}"'.encode(), inner)
+                async with session.post(url, data=body, headers={"statsig-api-key": KEY}) as r:
+                    answer = await r.json()
+                    assert (r.status, answer) == (400, {"error": reason}), case
+            good = orjson.dumps({"events": [{"eventName": "after", "user": {"userID": "u"}}]})
+            async with session.post(url, data=good, headers={"statsig-api-key": KEY}) as r:
+                assert r.status == 202
+        out = tmp_path / "data" / "out.jsonl"
+        await poll_until(lambda: out.exists() and '"after"' in out.read_text(), timeout=10)
+        assert "internal error" not in daemon.log_text()
+        assert await daemon.terminate() == 0

@@ -59,6 +59,7 @@ from .base import (
     TargetConfig,
     Verdict,
     classify_response,
+    hide_password,
     json_headers,
     parse_retry_after,
 )
@@ -312,4 +313,4 @@ class AmplitudeTarget(Target):
             )
 
     def describe(self) -> str:
-        return f"amplitude HTTP V2 at {self.url} (key: api_key)"
+        return f"amplitude HTTP V2 at {hide_password(self.url)} (key: api_key)"

@@ -512,11 +512,23 @@ def json_headers(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 def redact_url(url: str) -> str:
     """A URL fit for logs: the path's last segment (often a secret hook id) is hidden."""
-    scheme, _, rest = url.partition("://")
+    scheme, _, rest = hide_password(url).partition("://")
     host, _, path = rest.partition("/")
     if not path:
-        return url
+        return hide_password(url)
     return f"{scheme}://{host}/…"
+
+
+def hide_password(url: str) -> str:
+    """``url`` for ``check`` and /status with a password in it (``https://user:pw@host``)
+    replaced by ``[redacted]``: a URL field is not a secret field, but its password is."""
+    scheme, sep, rest = url.partition("://")
+    authority, slash, path = rest.partition("/")
+    userinfo, at, host = authority.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return url
+    user = userinfo.partition(":")[0]
+    return f"{scheme}://{user}:[redacted]@{host}{slash}{path}"
 
 
 Registry = dict[str, type[Target]]

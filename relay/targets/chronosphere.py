@@ -28,6 +28,7 @@ from .base import (
     Target,
     TargetConfig,
     Verdict,
+    hide_password,
     json_headers,
 )
 from .changes import clamp_ms, event_time_ms, read_change, rfc3339, shorten
@@ -152,4 +153,4 @@ class ChronosphereTarget(Target):
         return DELIVERED
 
     def describe(self) -> str:
-        return f"chronosphere change events to {self.url}"
+        return f"chronosphere change events to {hide_password(self.url)}"

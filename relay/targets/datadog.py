@@ -32,7 +32,16 @@ import orjson
 
 from ..events import Event, now_ms
 from ..schema import ConfigError, secret
-from .base import DELIVERED, Batch, Outcome, TargetConfig, Verdict, classify_response, json_headers
+from .base import (
+    DELIVERED,
+    Batch,
+    Outcome,
+    TargetConfig,
+    Verdict,
+    classify_response,
+    hide_password,
+    json_headers,
+)
 from .changes import ChangeTarget, ConfigChange, clamp_ms, is_config_change, read_change, rfc3339
 from .changes import shorten as cut
 
@@ -163,4 +172,4 @@ class DatadogTarget(ChangeTarget):
         return outcome
 
     def describe(self) -> str:
-        return f"datadog change events to {self.url}"
+        return f"datadog change events to {hide_password(self.url)}"

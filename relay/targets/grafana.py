@@ -34,6 +34,7 @@ from .base import (
     TargetConfig,
     Verdict,
     for_the_rest,
+    hide_password,
     json_headers,
 )
 from .changes import ChangeTarget, ConfigChange, is_config_change, read_change, shorten
@@ -124,4 +125,4 @@ class GrafanaTarget(ChangeTarget):
 
     def describe(self) -> str:
         where = f" on dashboard {self.config.dashboard_uid}" if self.config.dashboard_uid else ""
-        return f"grafana annotations to {self.url}{where}"
+        return f"grafana annotations to {hide_password(self.url)}{where}"

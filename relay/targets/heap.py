@@ -34,7 +34,7 @@ from ..events import (
     unit_id,
 )
 from ..schema import ConfigError
-from .base import DELIVERED, Batch, Outcome, Target, TargetConfig, json_headers
+from .base import DELIVERED, Batch, Outcome, Target, TargetConfig, hide_password, json_headers
 from .ratelimit import TokenBucket
 
 logger = logging.getLogger(__name__)
@@ -259,4 +259,4 @@ class HeapTarget(Target):
 
     def describe(self) -> str:
         props = "with user properties" if self.config.user_properties else "events only"
-        return f"heap app {self.config.app_id} at {self.config.api_base()}, {props}"
+        return f"heap app {self.config.app_id} at {hide_password(self.config.api_base())}, {props}"

@@ -64,6 +64,7 @@ from .base import (
     Verdict,
     basic_auth,
     classify_response,
+    hide_password,
     parse_retry_after,
 )
 
@@ -274,4 +275,4 @@ class MixpanelTarget(Target):
         return classify_response(status, headers, body)
 
     def describe(self) -> str:
-        return f"mixpanel /import (strict) at {self.url} (token: project_token)"
+        return f"mixpanel /import (strict) at {hide_password(self.url)} (token: project_token)"

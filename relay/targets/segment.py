@@ -74,6 +74,7 @@ from .base import (
     basic_auth,
     classify_response,
     for_the_rest,
+    hide_password,
     json_headers,
 )
 
@@ -323,4 +324,4 @@ class SegmentTarget(Target):
         return classify_response(status, headers, body)
 
     def describe(self) -> str:
-        return f"segment track calls to {self.url}"
+        return f"segment track calls to {hide_password(self.url)}"

@@ -45,6 +45,7 @@ from .base import (
     TargetConfig,
     Verdict,
     classify_response,
+    hide_password,
     redact_url,
 )
 
@@ -327,4 +328,4 @@ class StatsigTarget(Target):
 
     def describe(self) -> str:
         gz = ", gzip" if self.config.gzip else ""
-        return f"statsig log_event {self.config.url}{gz} (key: server_secret)"
+        return f"statsig log_event {hide_password(self.config.url)}{gz} (key: server_secret)"
