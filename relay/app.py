@@ -341,26 +341,36 @@ class Relay:
             deliverer.abandon()
 
     async def reload(self, path: str) -> bool:
-        """Apply a changed config without dropping anything; a bad file keeps the old one."""
+        """Apply a changed config without dropping anything; a bad file keeps the old one.
+
+        A failure before the swap (the file, or a new target that cannot open) leaves the
+        running config in place and closes what this attempt opened; it is logged, counted
+        and shown on the status page like a config error.
+        """
         try:
             new = load_config(path)
         except ConfigError as exc:
-            self.metrics.config_reloads.labels("error").inc()
-            error = "; ".join(str(exc).splitlines())  # every error found, on one line
-            logger.error("reload refused, keeping the running config: %s", error)
-            self.last_reload = {"result": "error", "at": _iso_now(), "error": error}
-            return False
+            return self._reload_refused("; ".join(str(exc).splitlines()))  # every error found
         if new.server != self.config.server or new.spool != self.config.spool:
             logger.warning("reload: server and spool settings need a restart; applying the rest")
         old_targets = self.targets
         targets: dict[str, Target] = {}
+        opened: list[Target] = []
         for name, cfg in new.targets.items():
             current = old_targets.get(name)
             if current is not None and current.config == cfg:
                 targets[name] = current
-            else:
-                targets[name] = TARGETS[cfg.type](name, cfg)
-                await targets[name].open()
+                continue
+            try:
+                target = TARGETS[cfg.type](name, cfg)
+                await target.open()
+            except Exception as exc:  # a path it cannot write, a bad URL: the file's fault
+                for done in opened:
+                    await done.close()
+                why = Redactor.of(new)(f"{type(exc).__name__}: {exc}")
+                return self._reload_refused(f"targets.{name}: could not open: {why}")
+            opened.append(target)
+            targets[name] = target
         # Swap what ingest uses first, then retire deliverers of removed or changed targets.
         new.server, new.spool = self.config.server, self.config.spool
         self.pipeline = self._pipeline(new, targets)
@@ -385,6 +395,12 @@ class Relay:
             len(new.targets),
         )
         return True
+
+    def _reload_refused(self, error: str) -> bool:
+        self.metrics.config_reloads.labels("error").inc()
+        logger.error("reload refused, keeping the running config: %s", error)
+        self.last_reload = {"result": "error", "at": _iso_now(), "error": error}
+        return False
 
     def request_stop(self) -> None:
         """SIGTERM/SIGINT: the first drains (``shutdown_grace``), a second stops at once."""
@@ -427,6 +443,9 @@ class Relay:
         try:
             await self.reload(path)
             settle_heap()  # the replaced pipeline is garbage now; the new one is long-lived
+        except Exception as exc:  # a bug: the daemon keeps running on what it has
+            logger.exception("reload failed")
+            self._reload_refused(self.redact(f"internal error: {type(exc).__name__}: {exc}"))
         finally:
             systemd.notify("READY=1")
 

@@ -151,6 +151,31 @@ async def test_sighup_reloads_a_good_config_and_keeps_the_old_one_on_a_bad_file(
         assert await daemon.terminate() == 0
 
 
+async def test_a_reload_whose_new_target_cannot_open_is_refused_and_keeps_the_old_config(
+    tmp_path: Path, fake_targets: FakeTargetFactory
+) -> None:
+    fake = await fake_targets()
+    port, admin = free_port(), free_port()
+    (tmp_path / "blocker").write_text("a file where the new target wants a folder")
+    text = daemon_config(fake, port, admin)
+    async with DaemonProcess(text, tmp_path, env={"HOOK_SECRET": SECRET}) as daemon:
+        await daemon.start(f"http://127.0.0.1:{admin}/readyz")
+        daemon.config_path.write_text(
+            text.replace("routes:", "  copy: {type: file, path: ./blocker/out.jsonl}\nroutes:")
+            + "  - {name: copy, from: statsig, to: copy}\n"
+        )
+        os.kill(daemon.pid, signal.SIGHUP)  # type: ignore[arg-type]
+        await poll_until(lambda: _reloads(admin, "error"), timeout=10)
+        _, status = await get(f"http://127.0.0.1:{admin}/status.json")
+        error = orjson.loads(status)["config"]["last_reload"]["error"]
+        assert error.startswith("targets.copy: could not open"), error
+        async with aiohttp.ClientSession() as session:
+            assert await send(session, port, batch("after", 2)) == 200
+        await poll_until(lambda: {"after-0", "after-1"} <= delivered(fake))
+        assert "reload refused, keeping the running config: targets.copy" in daemon.log_text()
+        assert await daemon.terminate() == 0
+
+
 async def _reloads(admin: int, result: str) -> bool:
     _, text = await get(f"http://127.0.0.1:{admin}/metrics")
     return f'relay_config_reloads_total{{result="{result}"}} 1.0' in text
