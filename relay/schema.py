@@ -203,6 +203,9 @@ def convert(value: Any, tp: Any, path: str, hide: bool = False) -> Any:
     if tp is str:
         if isinstance(value, bool) or value is None or isinstance(value, dict | list):
             raise ConfigError(path, f"expected a string, got {shown}")
+        if hide and not isinstance(value, str):
+            # YAML reads 0755 as 493 and 1_000 as 1000: a secret would change without a word.
+            raise ConfigError(path, f"expected a quoted string, got {shown}; quote the value")
         return str(value)
     raise ConfigError(path, f"unsupported config type {_type_name(tp)}")
 

@@ -138,6 +138,44 @@ def test_check_names_the_field_and_type_of_a_mistyped_secret_never_its_value(
     assert "LEAKED" not in result.stdout + result.stderr
 
 
+# YAML reads an unquoted 0755 as 493 and 1_000 as 1000: a key that changed without a word.
+UNQUOTED_NUMBERS = {
+    "statsig_events api_keys item": (
+        f"{HOOK}, sdk: {{type: statsig_events, api_keys: [0755]}}",
+        "",
+        "sources.sdk.api_keys[0]: expected a quoted string, got a number; quote the value",
+    ),
+    "webhook signing_secret": (
+        "hook: {type: statsig_webhook, signing_secret: 8675309}",
+        "",
+        "sources.hook.signing_secret: expected a quoted string, got a number",
+    ),
+    "webhook headers value": (
+        HOOK,
+        f"wh: {{type: webhook, url: {URL}, headers: {{X-Token: 8_675_309}}}}",
+        "targets.wh.headers.X-Token: expected a quoted string, got a number",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(UNQUOTED_NUMBERS))
+def test_check_refuses_a_secret_that_yaml_read_as_a_number(tmp_path: Path, case: str) -> None:
+    sources, targets, message = UNQUOTED_NUMBERS[case]
+    path = write_config(tmp_path, sources, targets)
+    result = subprocess.run(
+        [sys.executable, "-m", "relay", "check", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO_ROOT)},
+        timeout=30,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert message in result.stderr
+    for shown in ("493", "0755", "8675309", "8_675_309"):
+        assert shown not in result.stdout + result.stderr
+
+
 # A syntax error on a secret's line: PyYAML's message quotes that line; ours names the position.
 BROKEN_YAML = {
     "unclosed quote": (
