@@ -180,6 +180,50 @@ def get_path(event: Event, dotted: tuple[str, ...]) -> Any:
     return value
 
 
+def identity_problem(event: Event) -> str | None:
+    """Why the event's IDs cannot name a unit, or None.
+
+    Statsig keys a unit by a string (a number is read as its digits); an object, a list or a
+    boolean in ``userID`` or ``user.customIDs`` would reach every target as a unit nobody has,
+    so the event is refused with the field named. ``user`` is known to be an object or absent.
+    """
+    problem = _id_problem("userID", event.get("userID"))
+    if problem:
+        return problem
+    user = event.get("user")
+    if not isinstance(user, dict):
+        return None
+    problem = _id_problem("user.userID", user.get("userID"))
+    if problem:
+        return problem
+    custom_ids = user.get("customIDs")
+    if custom_ids is None:
+        return None
+    if not isinstance(custom_ids, dict):
+        return f"user.customIDs must be an object, got {_json_kind(custom_ids)}"
+    for key, value in custom_ids.items():
+        problem = _id_problem(f"user.customIDs.{str(key)[:64]}", value)
+        if problem:
+            return problem
+    return None
+
+
+def _id_problem(field: str, value: Any) -> str | None:
+    if value is None or (isinstance(value, str | int | float) and not isinstance(value, bool)):
+        return None
+    return f"{field} must be a string or a number, got {_json_kind(value)}"
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    return type(value).__name__
+
+
 def unit_id(event: Event) -> str | None:
     """The ID of the unit the event is about: the ID type named by ``unitID`` if present."""
     user = event.get("user")

@@ -50,10 +50,16 @@ class _Exposure(msgspec.Struct, gc=False):
     gateValue: Any = msgspec.UNSET
 
 
-class _Object(msgspec.Struct, gc=False):
-    """Any JSON object, its fields skipped: checks ``user`` is an object without building it
-    (a string, number, array or boolean fails the view, so the event takes the dict path,
-    whose normalisation refuses it)."""
+_Id = str | int | float | None  # what Statsig takes as a unit's ID (events.identity_problem)
+
+
+class _User(msgspec.Struct, gc=False):
+    """``user``, its other fields skipped: checks it is an object whose IDs are strings or
+    numbers without building it (anything else fails the view, so the event takes the dict
+    path, whose normalisation refuses it with the field named)."""
+
+    userID: _Id = None
+    customIDs: dict[str, _Id] | None = None
 
 
 class _View(msgspec.Struct, gc=False):
@@ -62,7 +68,8 @@ class _View(msgspec.Struct, gc=False):
     eventName: str = ""
     timestamp: int = -1
     metadata: _Exposure | None = None
-    user: _Object | None = None
+    user: _User | None = None
+    userID: _Id = None
 
 
 class _PlainView(msgspec.Struct, gc=False):
@@ -72,7 +79,8 @@ class _PlainView(msgspec.Struct, gc=False):
     eventName: Annotated[str, msgspec.Meta(min_length=1)]
     timestamp: Annotated[int, msgspec.Meta(gt=MIN_MS, lt=MAX_MS)]
     metadata: _Exposure | None = None
-    user: _Object | None = None
+    user: _User | None = None
+    userID: _Id = None
 
 
 class _KeyView(msgspec.Struct, gc=False):

@@ -285,3 +285,33 @@ async def test_statsig_user_or_metadata_that_is_not_an_object_is_refused_alone(
         relay, "relay_events_rejected_total", source="statsig", reason="malformed_event"
     )
     assert rejected == len(NOT_OBJECTS)
+
+
+# (poison fields, reason): a unit ID that is an object, an array or a boolean
+BAD_IDS = [
+    ({"userID": {}}, "userID must be a string or a number, got an object"),
+    ({"user": {"userID": ["u"]}}, "user.userID must be a string or a number, got an array"),
+    ({"user": {"userID": True}}, "user.userID must be a string or a number, got a boolean"),
+    ({"user": {"customIDs": "s"}}, "user.customIDs must be an object, got str"),
+    (
+        {"user": {"customIDs": {"stableID": {"id": "s"}}}},
+        "user.customIDs.stableID must be a string or a number, got an object",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("source", "forward_raw"),
+    [("statsig", True), ("statsig", False), ("sdk", True)],
+    ids=["webhook-raw", "webhook-dict", "sdk"],
+)
+async def test_a_unit_id_that_is_not_a_string_or_number_is_refused_alone(
+    relay_factory: RelayFactory, sink: FakeTarget, source: str, forward_raw: bool
+) -> None:
+    relay = await relay_factory(config(sink.url, forward_raw))
+    for i, (bad, reason) in enumerate(BAD_IDS):
+        await assert_alone_refused(relay, sink, source, f"bad_id_{i}", bad, reason)
+    # IDs that are strings or numbers pass, customIDs included
+    fine = {"user": {"userID": 42, "customIDs": {"stableID": "s", "companyID": 7}}}
+    status, answer = await send(relay, source, "fine_ids", fine)
+    assert status in (200, 202) and rejected_count(answer) == 0, answer

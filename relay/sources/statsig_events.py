@@ -39,7 +39,7 @@ from typing import Any, Literal
 import orjson
 from aiohttp import web
 
-from ..events import MAX_MS, MIN_MS, Event, to_epoch_ms
+from ..events import MAX_MS, MIN_MS, Event, identity_problem, to_epoch_ms
 from ..numbers import unrepresentable_at
 from ..schema import ConfigError, secret
 from .base import (
@@ -247,7 +247,7 @@ def normalise_sdk_event(
     metadata = event.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
         return f"metadata must be an object, got {type(metadata).__name__}"
-    return None
+    return identity_problem(event)
 
 
 def _gunzip(body: bytes) -> bytes:

@@ -25,6 +25,7 @@ from ..events import (
     MIN_MS,
     Event,
     category_of,
+    identity_problem,
     to_epoch_ms,
 )
 from ..numbers import NumberScreen
@@ -218,6 +219,7 @@ class StatsigWebhookSource(Source):
                     and MIN_MS <= stamp <= MAX_MS
                     and (user is None or type(user) is dict)
                     and (metadata is None or type(metadata) is dict)
+                    and identity_problem(item) is None
                 ):
                     if name not in exposures:
                         events.append(item)
@@ -284,6 +286,9 @@ def normalise_export(item: Any, received_ms: int) -> str | None:
             event["timestamp"] = to_epoch_ms(timestamp)
         except ValueError as exc:
             return str(exc)
+    problem = identity_problem(event)
+    if problem:
+        return problem
     if name.startswith("statsig::") and category_of(name) in EXPOSURE_CATEGORIES:
         _lift_legacy_exposure(event)
     return None
