@@ -106,8 +106,16 @@ def quick_check(path: Path) -> str:
         return damage_of(exc) or f"SQLite: {exc}"
     if problems == ["ok"]:
         return ""
-    more = f" and {len(problems) - 1} more" if len(problems) > 1 else ""
-    return f"SQLite: {problems[0]}{more}"
+    # One problem may be several lines ("*** in database main ***" and one line per page when
+    # the pointer map is damaged): keep the answer one line.
+    lines = [
+        line.strip()
+        for problem in problems
+        for line in str(problem).splitlines()
+        if line.strip() and not line.startswith("*** in database")
+    ] or ["quick_check failed"]
+    more = f" and {len(lines) - 1} more" if len(lines) > 1 else ""
+    return f"SQLite: {lines[0]}{more}"
 
 
 @dataclass(slots=True)
