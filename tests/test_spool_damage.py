@@ -237,3 +237,20 @@ async def test_a_damaged_pointer_map_page_is_still_named_in_one_line(
         assert "is damaged (SQLite: " in line and "*** in database" not in line, line
         assert "more;" in line, line  # how many other problems quick_check found
     assert sha(path) == before
+
+
+async def test_an_empty_spool_file_is_a_new_spool_for_check_as_for_run(
+    tmp_path: Path, fake_targets: FakeTargetFactory
+) -> None:
+    """SQLite creates the file when it opens it, so a relay stopped before its first commit
+    leaves an empty one; `run` starts on it as a new spool, and `check` (which the systemd unit
+    runs before the start) must not call it damaged."""
+    fake = await fake_targets()
+    (tmp_path / "spool.db").write_bytes(b"")
+    (tmp_path / "relay.yaml").write_text(config(fake, free_port(), free_port(), "./spool.db"))
+    check = cli(tmp_path, "check", "-c", "relay.yaml")
+    assert check.returncode == 0, check.stderr
+    spool_check = cli(tmp_path, "spool", "check", "-c", "relay.yaml")
+    assert spool_check.returncode == 0, spool_check.stderr
+    assert "spool ./spool.db: ok (0 events in 0 queued rows" in spool_check.stdout
+    assert (tmp_path / "spool.db").read_bytes() == b""  # checking wrote nothing

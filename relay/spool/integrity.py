@@ -138,11 +138,20 @@ class Report:
         )
 
 
+def _new_spool(path: Path) -> bool:
+    """An empty file with no WAL holding anything: SQLite creates the file when it opens it,
+    so a relay stopped before its first commit leaves one, and the relay starts on it."""
+    wal = Path(f"{path}-wal")
+    return path.stat().st_size == 0 and not (wal.exists() and wal.stat().st_size > 0)
+
+
 def check_file(path: Path | str) -> Report:
     """Check the whole file read-only (SQLite's quick_check reads every page)."""
     report = Report(str(path))
     try:
         verify_header(Path(path))
+        if _new_spool(Path(path)):  # as the relay takes it: nothing in it yet
+            return report
         report.damage = quick_check(Path(path))
         if report.damage:
             return report
