@@ -467,9 +467,9 @@ class Deliverer:
             result.hold = True
             result.held.append(batch)
         elif batch.count == 1:
-            if verdict is Verdict.REJECT and outcome.status is not None:
+            if outcome.status is not None:  # the service refused it (400, or 413 alone)
                 result.blamed.append((batch, outcome.reason or verdict.value))
-            else:  # too large alone, or refused by the target's own check before sending
+            else:  # refused by the target's own check before sending (too large, …)
                 result.dead.append((batch, outcome.reason or verdict.value))
         else:  # REJECT or TOO_LARGE: cut in two and try each half
             queue.extend(batch.halves())
@@ -624,8 +624,10 @@ class Deliverer:
             self._fail(UNAUTHORIZED, outcome.reason)
         elif verdict is Verdict.FATAL:
             self._fail(MISCONFIGURED, outcome.reason)
-        elif verdict is Verdict.REJECT and outcome.status is not None:
-            self.health.rejected()  # the service refused them (not a check of the target's own)
+        elif verdict in (Verdict.REJECT, Verdict.TOO_LARGE) and outcome.status is not None:
+            # The service refused them (not a check of the target's own). A 413 counts too: a
+            # proxy that refuses every body is a target that rejects everything.
+            self.health.rejected()
         return outcome
 
     def _fail(self, kind: str, reason: str) -> None:
