@@ -160,11 +160,17 @@ class Deliverer:
         restart (at-least-once). :meth:`abandon` ends the wait at once.
         """
         self.stop_claiming()
+        deadline = asyncio.get_running_loop().time() + grace
         if self._task is not None:
+            # The loop ends at its next step; a claim from a spool that does not answer (a
+            # frozen Redis) is cancelled at the deadline (rows it leased are claimed again).
+            await asyncio.wait((self._task,), timeout=grace)
+            self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         if not self._inflight:
             return
+        grace = max(0.0, deadline - asyncio.get_running_loop().time())
         sends, events = self.sends_in_flight
         logger.info(
             "stopping: waiting up to %.1fs for %d sends (%d events) to target %s",
@@ -249,6 +255,10 @@ class Deliverer:
                 self._probe_done(probe)
                 await self._sleep(wakeup, POLL_SECONDS)
                 continue
+            if self._stopping.is_set():  # claimed as the stop began: no new send starts
+                self._slots.release()
+                self._probe_done(probe)
+                break
             task = asyncio.create_task(self._deliver(rows, probe))
             self._inflight[task] = sum(r.count for r in rows)
             task.add_done_callback(self._finished)
