@@ -49,6 +49,7 @@ logger = logging.getLogger(__name__)
 
 STATS_INTERVAL = 5.0
 STATE_EXPIRY_INTERVAL = 300.0
+LISTENER_CLOSE_FLOOR = 0.2  # s: closing an idle listener, even when the grace is spent
 # Young-generation GC threshold (CPython's default is 700): every request allocates ~1000
 # containers (its parsed events), so the default ran a collection per request and, through
 # promotions, a full collection of the whole heap (~12 ms each) a few times a second.
@@ -189,7 +190,7 @@ class Relay:
         self.started_at = time.time()
         self.counter_ring.sample(self.started_at, read_counters(self.metrics.registry))
         await self.spool.open()
-        stack.push_async_callback(self.spool.close)
+        stack.push_async_callback(self._close_spool)
         self.metrics.spool_limit_bytes.set(getattr(cfg.spool, "max_size", 0))
         self._watch_spool_room()
         stack.push_async_callback(self._close_targets)  # those in self.targets at that time
@@ -243,17 +244,28 @@ class Relay:
         return max(0.0, self._deadline - asyncio.get_running_loop().time())
 
     async def _close_listener(self, runner: web.AppRunner, name: str) -> None:
-        """Stop accepting, let requests in flight finish (the runner's shutdown_timeout), unless
-        a second signal says not to wait: then the process exits with them unanswered (never
-        acknowledged, so nothing is lost)."""
+        """Stop accepting, let requests in flight finish until the stop's deadline, unless a
+        second signal says not to wait: then the process exits with them unanswered (never
+        acknowledged, so nothing is lost). aiohttp's own wait (shutdown_timeout) is not the
+        bound: it waits that long, then as long again for a cancelled handler, and a handler
+        waiting on a frozen spool outlasts both."""
         closing = asyncio.ensure_future(runner.cleanup())
         hurry = asyncio.ensure_future(self._hurry.wait())
-        await asyncio.wait((closing, hurry), return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(
+            (closing, hurry),
+            timeout=max(self._remaining(), LISTENER_CLOSE_FLOOR),
+            return_when=asyncio.FIRST_COMPLETED,
+        )
         hurry.cancel()
         if not closing.done():
             logger.warning("%s listener: not waiting for its requests in flight", name)
             closing.cancel()
         await asyncio.gather(closing, hurry, return_exceptions=True)
+
+    async def _close_spool(self) -> None:
+        """Close the spool; a commit under way (a frozen Redis) is waited for only until the
+        stop's deadline."""
+        await self.spool.close(max(self._remaining(), LISTENER_CLOSE_FLOOR))
 
     async def _close_targets(self) -> None:
         targets, self.targets = self.targets, {}

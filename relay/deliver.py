@@ -160,11 +160,17 @@ class Deliverer:
         restart (at-least-once). :meth:`abandon` ends the wait at once.
         """
         self.stop_claiming()
+        deadline = asyncio.get_running_loop().time() + grace
         if self._task is not None:
+            # The loop ends at its next step; a claim from a spool that does not answer (a
+            # frozen Redis) is cancelled at the deadline (rows it leased are claimed again).
+            await asyncio.wait((self._task,), timeout=grace)
+            self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         if not self._inflight:
             return
+        grace = max(0.0, deadline - asyncio.get_running_loop().time())
         sends, events = self.sends_in_flight
         logger.info(
             "stopping: waiting up to %.1fs for %d sends (%d events) to target %s",
@@ -249,6 +255,10 @@ class Deliverer:
                 self._probe_done(probe)
                 await self._sleep(wakeup, POLL_SECONDS)
                 continue
+            if self._stopping.is_set():  # claimed as the stop began: no new send starts
+                self._slots.release()
+                self._probe_done(probe)
+                break
             task = asyncio.create_task(self._deliver(rows, probe))
             self._inflight[task] = sum(r.count for r in rows)
             task.add_done_callback(self._finished)
@@ -467,9 +477,9 @@ class Deliverer:
             result.hold = True
             result.held.append(batch)
         elif batch.count == 1:
-            if verdict is Verdict.REJECT and outcome.status is not None:
+            if outcome.status is not None:  # the service refused it (400, or 413 alone)
                 result.blamed.append((batch, outcome.reason or verdict.value))
-            else:  # too large alone, or refused by the target's own check before sending
+            else:  # refused by the target's own check before sending (too large, …)
                 result.dead.append((batch, outcome.reason or verdict.value))
         else:  # REJECT or TOO_LARGE: cut in two and try each half
             queue.extend(batch.halves())
@@ -624,8 +634,10 @@ class Deliverer:
             self._fail(UNAUTHORIZED, outcome.reason)
         elif verdict is Verdict.FATAL:
             self._fail(MISCONFIGURED, outcome.reason)
-        elif verdict is Verdict.REJECT and outcome.status is not None:
-            self.health.rejected()  # the service refused them (not a check of the target's own)
+        elif verdict in (Verdict.REJECT, Verdict.TOO_LARGE) and outcome.status is not None:
+            # The service refused them (not a check of the target's own). A 413 counts too: a
+            # proxy that refuses every body is a target that rejects everything.
+            self.health.rejected()
         return outcome
 
     def _fail(self, kind: str, reason: str) -> None:

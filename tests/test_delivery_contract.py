@@ -278,6 +278,35 @@ routes:
     assert await relay.spool.dead_rows("out") == []
 
 
+async def test_a_target_that_answers_413_to_everything_is_held_not_dead_lettered_as_too_large(
+    relay_factory: RelayFactory, fake_targets: FakeTargetFactory
+) -> None:
+    """A proxy in front of the receiver that refuses every body (413 to a lone 150-byte event)
+    is the target's problem, like a 400 for everything: bounded requests, failing, held."""
+    too_large = Answer(413, body=b"<html>413 Request Entity Too Large</html>")
+    fake = await fake_targets(default=too_large)
+    relay = await relay_factory(f"""
+sources:
+  statsig: {{type: statsig_webhook}}
+targets:
+  out: {{type: webhook, url: "{fake.url}/in", batch_max_events: 500, concurrency: 1,
+         {FAST}, retry_initial: 1s, retry_max: 2s}}
+routes:
+  - {{name: all, from: statsig, to: out}}
+""")
+    assert await post_export(relay, events(60)) == 200
+    await poll_until(lambda: relay.targets["out"].health.failing)
+    assert len(fake.requests) <= budget(60), len(fake.requests)
+    assert "HTTP 413" in relay.targets["out"].health.reason
+    assert await relay.spool.dead_rows("out") == []
+    assert (await relay.spool.stats()).queued["out"].events == 60  # held
+
+    fake.default = Answer(200)  # the proxy is fixed: the probe delivers, the rest follows
+    await poll_until(lambda: spool_empty(relay), timeout=15)
+    assert sorted(delivered(fake)) == sorted(f"e{i}" for i in range(60))
+    assert await relay.spool.dead_rows("out") == []
+
+
 async def test_a_poison_event_is_still_isolated_when_the_target_takes_the_others(
     relay_factory: RelayFactory, fake_targets: FakeTargetFactory
 ) -> None:

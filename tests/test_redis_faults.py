@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -350,3 +351,42 @@ def test_redis_unreachable_at_start_up_is_a_clear_error_and_a_non_zero_exit(
     assert f"cannot reach the redis spool at redis://127.0.0.1:{dead}/0" in output
     assert "hunter2" not in output
     assert "Traceback" not in output
+
+
+async def test_sigterm_while_redis_is_frozen_exits_within_the_grace(
+    redis_server: RedisServer, tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    """A frozen (not dead) Redis holds an ingest commit for up to 10 s. SIGTERM still ends
+    within ``shutdown_grace``: the request goes unanswered (never acknowledged, so nothing is
+    lost) instead of the listener's drain, the delivery loop's claim and the spool's close each
+    waiting on Redis."""
+    sink = await FakeTarget().start()
+    port, admin = free_port(), free_port()
+    config = relay_config(
+        redis_server.url,
+        sink.url,
+        "a",
+        "5s",
+        listen=f"127.0.0.1:{port}",
+        admin=f"127.0.0.1:{admin}",
+    )
+    assert redis_server.proc is not None
+    try:
+        async with DaemonProcess(config, tmp_path) as daemon:
+            await daemon.start(f"http://127.0.0.1:{admin}/readyz")
+            sender = Sender(session)
+            assert await sender.post(f"http://127.0.0.1:{port}") == 200
+            redis_server.proc.send_signal(signal.SIGSTOP)
+            blocked = asyncio.create_task(sender.post(f"http://127.0.0.1:{port}"))
+            done, _ = await asyncio.wait({blocked}, timeout=0.5)
+            assert not done, "the commit should wait on the frozen Redis"
+            started = time.monotonic()
+            assert await daemon.terminate(timeout=20) == 0
+            took = time.monotonic() - started
+            assert took < 2 + 1.0, (
+                f"stopped {took:.1f}s after SIGTERM, grace 2s:\n{daemon.log_tail()}"
+            )
+            assert await blocked in (0, 503)  # unanswered or refused: never acknowledged
+    finally:
+        redis_server.proc.send_signal(signal.SIGCONT)
+        await sink.close()

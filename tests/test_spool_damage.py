@@ -207,3 +207,50 @@ async def test_salvage_copies_the_readable_rows_and_the_relay_delivers_them_from
         assert len(got) == len(set(got)) == recovered
         assert set(got) <= acknowledged
         fake.default = 503
+
+
+async def test_a_damaged_pointer_map_page_is_still_named_in_one_line(
+    tmp_path: Path, fake_targets: FakeTargetFactory
+) -> None:
+    """SQLite's quick_check reports damage to the page-pointer map (page 2 of a spool that
+    gives free pages back) as one multi-line text; the relay's answer stays one line."""
+    fake = await fake_targets(default=503)
+    (tmp_path / "real").mkdir()
+    spool, _ = await real_spool(tmp_path / "real", fake)
+    path = tmp_path / "ptrmap.db"
+    shutil.copyfile(spool, path)
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        assert db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental: ptrmap pages
+        page_size = db.execute("PRAGMA page_size").fetchone()[0]
+    db.close()
+    with path.open("r+b") as file:
+        file.seek(page_size)  # page 2: the first pointer-map page
+        file.write(b"\xff" * page_size)
+    before = sha(path)
+    port, admin = free_port(), free_port()
+    conf = tmp_path / "ptrmap.yaml"
+    conf.write_text(config(fake, port, admin, str(path)))
+    for args in (["run"], ["check"], ["spool", "check"], ["dlq", "list"]):
+        result = cli(tmp_path, *args, "-c", str(conf))
+        assert result.returncode == 1, (args, result.stderr)
+        line = one_line_naming(result, path)
+        assert "is damaged (SQLite: " in line and "*** in database" not in line, line
+        assert "more;" in line, line  # how many other problems quick_check found
+    assert sha(path) == before
+
+
+async def test_an_empty_spool_file_is_a_new_spool_for_check_as_for_run(
+    tmp_path: Path, fake_targets: FakeTargetFactory
+) -> None:
+    """SQLite creates the file when it opens it, so a relay stopped before its first commit
+    leaves an empty one; `run` starts on it as a new spool, and `check` (which the systemd unit
+    runs before the start) must not call it damaged."""
+    fake = await fake_targets()
+    (tmp_path / "spool.db").write_bytes(b"")
+    (tmp_path / "relay.yaml").write_text(config(fake, free_port(), free_port(), "./spool.db"))
+    check = cli(tmp_path, "check", "-c", "relay.yaml")
+    assert check.returncode == 0, check.stderr
+    spool_check = cli(tmp_path, "spool", "check", "-c", "relay.yaml")
+    assert spool_check.returncode == 0, spool_check.stderr
+    assert "spool ./spool.db: ok (0 events in 0 queued rows" in spool_check.stdout
+    assert (tmp_path / "spool.db").read_bytes() == b""  # checking wrote nothing

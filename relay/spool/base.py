@@ -15,6 +15,7 @@ Contract every backend keeps:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Generic, TypeVar
@@ -48,10 +49,13 @@ class GroupCall(Generic[I, R]):
             self._task = asyncio.create_task(self._run())
         return await future
 
-    async def idle(self) -> None:
-        """Wait for the call under way, if any (before closing the store)."""
+    async def idle(self, timeout: float | None = None) -> None:
+        """Wait for the call under way, if any (before closing the store), at most
+        ``timeout`` seconds: a stop does not wait past its deadline for a store that does not
+        answer (its callers' requests go unanswered, so nothing is acknowledged)."""
         if self._task is not None:
-            await asyncio.shield(self._task)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._task), timeout)
 
     async def _run(self) -> None:
         try:
@@ -103,7 +107,8 @@ class Spool(ABC):
     async def open(self) -> None: ...
 
     @abstractmethod
-    async def close(self) -> None: ...
+    async def close(self, grace: float | None = None) -> None:
+        """Close the store, waiting at most ``grace`` seconds for a commit under way."""
 
     # -- ingest ----------------------------------------------------------------------------
     @abstractmethod

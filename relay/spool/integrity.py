@@ -106,8 +106,16 @@ def quick_check(path: Path) -> str:
         return damage_of(exc) or f"SQLite: {exc}"
     if problems == ["ok"]:
         return ""
-    more = f" and {len(problems) - 1} more" if len(problems) > 1 else ""
-    return f"SQLite: {problems[0]}{more}"
+    # One problem may be several lines ("*** in database main ***" and one line per page when
+    # the pointer map is damaged): keep the answer one line.
+    lines = [
+        line.strip()
+        for problem in problems
+        for line in str(problem).splitlines()
+        if line.strip() and not line.startswith("*** in database")
+    ] or ["quick_check failed"]
+    more = f" and {len(lines) - 1} more" if len(lines) > 1 else ""
+    return f"SQLite: {lines[0]}{more}"
 
 
 @dataclass(slots=True)
@@ -130,11 +138,20 @@ class Report:
         )
 
 
+def _new_spool(path: Path) -> bool:
+    """An empty file with no WAL holding anything: SQLite creates the file when it opens it,
+    so a relay stopped before its first commit leaves one, and the relay starts on it."""
+    wal = Path(f"{path}-wal")
+    return path.stat().st_size == 0 and not (wal.exists() and wal.stat().st_size > 0)
+
+
 def check_file(path: Path | str) -> Report:
     """Check the whole file read-only (SQLite's quick_check reads every page)."""
     report = Report(str(path))
     try:
         verify_header(Path(path))
+        if _new_spool(Path(path)):  # as the relay takes it: nothing in it yet
+            return report
         report.damage = quick_check(Path(path))
         if report.damage:
             return report

@@ -460,8 +460,8 @@ class RedisSpool(Spool):
                     policy,
                 )
 
-    async def close(self) -> None:
-        await self._group_commit.idle()
+    async def close(self, grace: float | None = None) -> None:
+        await self._group_commit.idle(grace)
         if self._connection is not None:
             await self._connection.aclose()
             self._connection = self._client = None

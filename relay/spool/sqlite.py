@@ -108,8 +108,8 @@ class SqliteSpool(Spool):
                 targets.add(row[1])
         self._notify(targets)
 
-    async def close(self) -> None:
-        await self._group_commit.idle()
+    async def close(self, grace: float | None = None) -> None:
+        await self._group_commit.idle(grace)
         if self._room_task is not None:
             self._room_task.cancel()
             await asyncio.gather(self._room_task, return_exceptions=True)
