@@ -231,9 +231,8 @@ async def replay(
                 row.first_received_ms,
                 last_error=f"replayed: {row.reason}"[:500],
             )
-            await spool.enqueue([requeued])
-            await _replace_dead(spool, picked)
-            moved += picked.count
+            if await spool.split_dead(row.id, [requeued], [_remainder(picked)]):
+                moved += picked.count
         if progress is not None:
             progress(moved)
     return moved
@@ -246,17 +245,14 @@ async def purge(spool: Spool, chosen: list[Selected]) -> int:
     if whole:
         deleted += await spool.purge_dead(None, whole)
     for picked in chosen:
-        if not picked.whole:
-            await _replace_dead(spool, picked)
+        if not picked.whole and await spool.split_dead(picked.row.id, [], [_remainder(picked)]):
             deleted += picked.count
     return deleted
 
 
-async def _replace_dead(spool: Spool, picked: Selected) -> None:
-    """Keep only the events the filter did not take dead: a new row, then the old one goes."""
-    remainder = replace(picked.row, body=orjson.dumps(picked.rest), count=len(picked.rest))
-    await spool.settle((), (), [remainder])
-    await spool.purge_dead(None, [str(picked.row.id)])
+def _remainder(picked: Selected) -> DeadRow:
+    """The dead row cut down to the events the filter did not take."""
+    return replace(picked.row, body=orjson.dumps(picked.rest), count=len(picked.rest))
 
 
 def export_lines(chosen: list[Selected]) -> Iterator[bytes]:

@@ -9,6 +9,7 @@ several replicas sharing one queue.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import shutil
 import socket
 import subprocess
@@ -319,6 +320,31 @@ async def test_dead_letters_list_replay_and_purge(spool: Spool) -> None:
     assert await spool.purge_dead() == 0
     assert await spool.replay_dead() == 0
     assert (await spool.stats()).dead == {}
+
+
+async def test_split_dead_requeues_some_events_and_keeps_the_rest_dead_in_one_step(
+    spool: Spool,
+) -> None:
+    await spool.enqueue([new_row("a", 3)])
+    await spool.dead_letter(await spool.claim("t", 100, BIG, 30), "HTTP 400: no", now_ms())
+    (dead,) = await spool.dead_rows()
+    taken = orjson.dumps([{"eventName": "a", "i": 0}])
+    rest = orjson.dumps([{"eventName": "a", "i": 1}, {"eventName": "a", "i": 2}])
+    requeue = NewRow("t", dead.route, taken, 1, dead.first_received_ms, last_error="replayed")
+    remainder = dataclasses.replace(dead, body=rest, count=2)
+    assert await spool.split_dead(dead.id, [requeue], [remainder])
+
+    (left,) = await spool.dead_rows()
+    assert (left.body, left.count, left.reason) == (rest, 2, "HTTP 400: no")
+    assert left.id != dead.id
+    (queued,) = await spool.claim("t", 100, BIG, 30)
+    assert (queued.body, queued.count, queued.attempts) == (taken, 1, 0)
+    stats = await spool.stats()
+    assert stats.bytes_used == len(taken) + len(rest)
+    # The old row is gone: a second split of it (another DLQ command's) writes nothing.
+    assert not await spool.split_dead(dead.id, [requeue], [remainder])
+    assert [d.id for d in await spool.dead_rows()] == [left.id]
+    assert (await spool.stats()).bytes_used == len(taken) + len(rest)
 
 
 async def test_seen_keys_respects_expiry(spool: Spool) -> None:

@@ -207,6 +207,15 @@ class Spool(ABC):
     async def purge_dead(self, target: str | None = None, ids: Iterable[str] = ()) -> int:
         """Delete dead rows for good; returns the events deleted."""
 
+    @abstractmethod
+    async def split_dead(
+        self, dead_id: int | str, requeue: Sequence[NewRow], remainder: Sequence[DeadRow]
+    ) -> bool:
+        """Replace one dead row by ``remainder`` (the events that stay dead) and queue
+        ``requeue`` (the events taken back), in one commit, so a crash never leaves an event
+        both queued and dead, or dead twice. False, with nothing written, when the row is gone
+        (another DLQ command took it)."""
+
     # -- wake-ups: deliverers sleep until ingest commits rows for their target --------------
     def wakeup(self, target: str) -> asyncio.Event:
         event = self._wakeups.get(target)

@@ -317,6 +317,26 @@ end
 return {events, #ids, redis.call('DECRBY', p..':bytes', size)}
 """
 
+# ARGV: prefix, dead id, n, n new rows (8 each), dead rows (8 each) → {done, bytes}
+_SPLIT_DEAD = """
+local d = del_dead(ARGV[2])
+if not d then return {0, tonumber(redis.call('GET', p..':bytes') or '0')} end
+local delta = 0 - #d[3]
+local nreq = tonumber(ARGV[3])
+local i = 4
+for _ = 1, nreq do
+  delta = delta + add_row(redis.call('INCR', p..':seq'), ARGV[i], ARGV[i+1], ARGV[i+2],
+                          ARGV[i+3], ARGV[i+4], ARGV[i+5], ARGV[i+6], ARGV[i+7])
+  i = i + 8
+end
+while i <= #ARGV do
+  delta = delta + add_dead(redis.call('INCR', p..':seq'), ARGV[i], ARGV[i+1], ARGV[i+2],
+                           ARGV[i+3], ARGV[i+4], ARGV[i+5], ARGV[i+6], ARGV[i+7])
+  i = i + 8
+end
+return {1, redis.call('INCRBY', p..':bytes', delta)}
+"""
+
 # ARGV: prefix → {bytes, then per target: t, rows, events, oldest, dead rows, events, oldest}
 _STATS = """
 local out = {tonumber(redis.call('GET', p..':bytes') or '0')}
@@ -438,6 +458,7 @@ class RedisSpool(Spool):
             "settle": _SETTLE,
             "replay": _REPLAY,
             "purge": _PURGE,
+            "split_dead": _SPLIT_DEAD,
             "stats": _STATS,
             "dead_rows": _DEAD_ROWS,
         }
@@ -661,6 +682,20 @@ class RedisSpool(Spool):
             if id_list or int(rows) < _DLQ_CHUNK:
                 break
         return deleted
+
+    async def split_dead(
+        self, dead_id: int | str, requeue: Sequence[NewRow], remainder: Sequence[DeadRow]
+    ) -> bool:
+        args: list[Any] = [str(int(dead_id)), len(requeue)]
+        for new in requeue:
+            args.extend(_row_args(new))
+        for dead in remainder:
+            args.extend(_dead_args(dead))
+        done, used = await self._call("split_dead", *args)
+        self._bytes = int(used)
+        if done and requeue:
+            self._notify({r.target for r in requeue})
+        return bool(done)
 
 
 def _ms(value: bytes | str) -> int | None:

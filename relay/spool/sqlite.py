@@ -373,3 +373,14 @@ class SqliteSpool(Spool):
         events, size = await self._call("purge_dead", target, list(ids))
         self._bytes -= size
         return events
+
+    async def split_dead(
+        self, dead_id: int | str, requeue: Sequence[NewRow], remainder: Sequence[DeadRow]
+    ) -> bool:
+        done, added = await self._call("split_dead", int(dead_id), list(requeue), list(remainder))
+        if done:
+            self._bytes += added
+            if requeue:
+                await self._sync(force=True)  # the requeued rows join the schedule
+                self._notify({r.target for r in requeue})
+        return bool(done)

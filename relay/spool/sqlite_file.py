@@ -172,6 +172,7 @@ class SpoolFile:
             "dead_rows": self.dead_rows,
             "replay_dead": self.replay_dead,
             "purge_dead": self.purge_dead,
+            "split_dead": self.split_dead,
             "room": self.room,
         }
 
@@ -529,6 +530,32 @@ class SpoolFile:
             raise
         return int(events), int(size)
 
+    def split_dead(
+        self, dead_id: int, requeue: list[NewRow], remainder: list[DeadRow]
+    ) -> tuple[bool, int]:
+        """:meth:`Spool.split_dead` in one transaction; returns (done, bytes added)."""
+        db = self._conn
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            found = db.execute("SELECT bytes FROM dead WHERE id = ?", (dead_id,)).fetchone()
+            if found is None:
+                db.execute("ROLLBACK")
+                return False, 0
+            db.execute("DELETE FROM dead WHERE id = ?", (dead_id,))
+            if requeue:  # ids from SQLite: the relay's writer takes the next free ones
+                params = [v for r in requeue for v in _values(None, r)]
+                _insert_many(db, _INSERT_QUEUE, _QUEUE_WIDTH, params)
+            if remainder:
+                params = [v for d in remainder for v in _dead_values(d)]
+                _insert_many(db, f"INSERT INTO dead ({_DEAD_COLUMNS}) VALUES", 9, params)
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        added = sum(len(r.body) for r in requeue) + sum(len(d.body) for d in remainder)
+        return True, added - int(found[0])
+
 
 def _dead_where(target: str | None, ids: Iterable[str]) -> tuple[str, list[Any]]:
     clauses, params = [], []
@@ -561,7 +588,7 @@ def _migrate_dead_ids(db: sqlite3.Connection) -> None:
         raise
 
 
-def _values(row_id: int, r: NewRow) -> tuple[Any, ...]:
+def _values(row_id: int | None, r: NewRow) -> tuple[Any, ...]:
     return (
         row_id,
         r.target,
