@@ -370,6 +370,11 @@ class Ingest:
             raise SourceError(415, NOT_COMPRESSED, "unsupported")
         if encoding == "x-gzip":  # gzip's old name, which aiohttp hands over undecoded
             return self._gunzip(body, encoding)
+        if compressed and not body and request.content_length != 0:
+            # A zstd or brotli stream cut short decodes to nothing rather than failing.
+            raise SourceError(
+                400, f"the {encoding} body decoded to nothing: truncated, or not {encoding}"
+            )
         return body
 
     def _gunzip(self, body: bytes, encoding: str) -> bytes:

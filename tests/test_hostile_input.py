@@ -16,6 +16,11 @@ from collections.abc import AsyncIterator
 import orjson
 import pytest
 
+try:
+    from compression import zstd  # Python 3.14+
+except ImportError:
+    from backports import zstd
+
 from relay.app import Relay
 from relay.events import now_ms
 from tests.conftest import RelayFactory, post_json, signed_headers
@@ -148,6 +153,17 @@ async def test_a_truncated_gzip_stream_is_a_400(relay: Relay) -> None:
     whole = zlib.compress(body)
     deflated = [*creds, (b"Content-Encoding", b"deflate")]
     assert (await raw_post(relay, path, deflated, whole))[0] == 200
+
+
+async def test_a_zstd_stream_cut_short_is_a_400_that_says_so(relay: Relay) -> None:
+    """zstd's decoder returns nothing, not an error, for a stream cut after its header."""
+    path, creds, body = SOURCES["statsig_events"]
+    headers = [*creds, (b"Content-Encoding", b"zstd")]
+    whole = zstd.compress(body)
+    assert (await raw_post(relay, path, headers, whole))[0] == 202
+    status, reason = await raw_post(relay, path, headers, whole[:6])
+    assert status == 400, reason
+    assert reason == "the zstd body decoded to nothing: truncated, or not zstd", reason
 
 
 @pytest.mark.parametrize("source", sorted(SOURCES))
