@@ -19,7 +19,14 @@ import gzip
 import inspect
 import time
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+)
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
@@ -58,6 +65,9 @@ class RecordedRequest:
     check_error: str | None = None
     received_at: float = 0.0
     """``time.monotonic()`` when the request arrived, to check the gaps between retries."""
+    streamed: int = 0
+    """Bytes of a streamed answer (``Answer.stream``) written before it ended or the client
+    hung up."""
 
     @property
     def text(self) -> str:
@@ -75,13 +85,17 @@ class RecordedRequest:
 class Answer:
     """What the fake replies. ``body`` (raw bytes) wins over ``json``; ``delay`` simulates a slow
     target, and a delay longer than the test (e.g. ``float("inf")``) simulates a hang; pending
-    delays end when the fake closes so teardown never waits for them."""
+    delays end when the fake closes so teardown never waits for them. ``stream`` (wins over
+    both) is written chunk by chunk, without a length, until it ends or the client hangs up: a
+    long one is an answer too large or endless to be read whole, an async one that waits is an
+    answer that stops arriving."""
 
     status: int = 200
     headers: Mapping[str, str] | None = None
     json: Any = field(default_factory=dict)
     body: bytes | None = None
     delay: float = 0.0
+    stream: Iterable[bytes] | AsyncIterable[bytes] | None = None
 
 
 Check: TypeAlias = Callable[[RecordedRequest], "Awaitable[None] | None"]
@@ -284,6 +298,8 @@ class FakeTarget:
             assert self._closing is not None
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closing.wait(), answer.delay)
+        if answer.stream is not None:
+            return await _stream(request, answer, answer.stream, rec)
         return _response(answer)
 
     async def _run_check(self, rec: RecordedRequest) -> str | None:
@@ -322,6 +338,31 @@ def _response(answer: Answer) -> web.Response:
         return web.Response(status=answer.status, headers=headers, body=answer.body)
     headers.setdefault("Content-Type", "application/json")
     return web.Response(status=answer.status, headers=headers, body=orjson.dumps(answer.json))
+
+
+async def _stream(
+    request: web.Request,
+    answer: Answer,
+    chunks: Iterable[bytes] | AsyncIterable[bytes],
+    rec: RecordedRequest,
+) -> web.StreamResponse:
+    response = web.StreamResponse(status=answer.status, headers=answer.headers)
+    await response.prepare(request)
+    with contextlib.suppress(ConnectionError):  # the client hung up: what it read is counted
+        async for chunk in _each(chunks):
+            await response.write(chunk)
+            rec.streamed += len(chunk)
+        await response.write_eof()
+    return response
+
+
+async def _each(chunks: Iterable[bytes] | AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+    if isinstance(chunks, AsyncIterable):
+        async for chunk in chunks:
+            yield chunk
+    else:
+        for chunk in chunks:
+            yield chunk
 
 
 FakeTargetFactory: TypeAlias = Callable[..., Awaitable[FakeTarget]]

@@ -116,3 +116,27 @@ def test_check_warns_about_a_target_no_route_feeds(tmp_path: Path) -> None:
         == "    warning: no route feeds this target; it only drains what is spooled"
     )
     assert sum("no route feeds" in line for line in lines) == 1
+
+
+@pytest.mark.parametrize(
+    ("spool", "directory", "message"),
+    [
+        ("./data", "data", "spool.path: ./data is a directory; name a file, e.g. ./data/spool.db"),
+        ("./spool.db", "spool.db.reserve", "spool.path: ./spool.db.reserve is a directory"),
+    ],
+)
+def test_every_command_refuses_a_spool_path_that_is_a_directory_with_the_same_message(
+    tmp_path: Path, spool: str, directory: str, message: str
+) -> None:
+    (tmp_path / directory).mkdir()
+    path = tmp_path / "relay.yaml"
+    text = config(spool=f"{{path: {spool}}}")
+    path.write_text(text.replace("PORT", str(free_port())).replace("ADMIN", str(free_port())))
+    commands = [("check",), ("run",), ("dlq", "list"), ("spool", "check")]
+    results = [relay(*command, "-c", str(path), cwd=tmp_path) for command in commands]
+    for command, result in zip(commands, results, strict=True):
+        assert result.returncode == 2, (command, result.stdout, result.stderr)
+        first = result.stderr.splitlines()[0]
+        assert first.startswith(f"statsig-relay: config error: {message}"), (command, first)
+        assert result.stderr == results[0].stderr, command
+    assert not (tmp_path / "spool.db").exists()  # run refused before opening anything

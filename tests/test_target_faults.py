@@ -7,11 +7,18 @@
 * 401/403 is the target's problem, not the events': no bisection, the target is marked failing
   (on /status and the metrics; ``/readyz`` stays 200: the relay still accepts and commits), the
   events are held and delivered once the credential works.
+* An answer is read up to a bound, never whole: a 2xx that is huge or endless is delivered, an
+  error answer past the bound is read by its status with a reason saying it was cut, and the
+  per-event answers of Mixpanel (2000 failed records) still parse.
 """
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
+import time
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import orjson
@@ -20,7 +27,10 @@ import pytest
 from relay.app import Relay
 from relay.events import now_ms
 from relay.spool.records import NewRow
-from tests.conftest import RelayFactory, admin_url, get, metric, spool_empty
+from relay.targets.base import Batch, Outcome, Target, Verdict
+from relay.targets.mixpanel import MixpanelConfig, MixpanelTarget
+from relay.targets.webhook import WebhookConfig, WebhookTarget
+from tests.conftest import RelayFactory, admin_url, custom, get, metric, spool_empty
 from tests.fake_statsig import FakeStatsig
 from tests.fakes import Answer, FakeTarget, FakeTargetFactory, poll_until
 
@@ -229,3 +239,88 @@ routes:
         metric(relay, "relay_events_dead_lettered_total", target="out", reason="unauthorized") == 1
     )
     assert relay.targets["out"].health.failing
+
+
+MiB = 1024 * 1024
+
+
+def endless(chunk: int = 64 * 1024, most: int = 64 * MiB) -> Iterator[bytes]:
+    """An answer body no one should read whole: ``most`` bytes, in ``chunk``-sized writes."""
+    return itertools.repeat(b"x" * chunk, most // chunk)
+
+
+async def timed_send(target: Target, batch: Batch) -> tuple[Outcome, float]:
+    await target.open()
+    try:
+        start = time.monotonic()
+        outcome = await target.send(batch)
+        return outcome, time.monotonic() - start
+    finally:
+        await target.close()
+
+
+@pytest.mark.parametrize(
+    ("status", "verdict"), [(200, Verdict.OK), (400, Verdict.REJECT), (503, Verdict.RETRY)]
+)
+async def test_an_endless_answer_is_cut_and_read_by_its_status(
+    fake_targets: FakeTargetFactory, status: int, verdict: Verdict
+) -> None:
+    fake = await fake_targets(Answer(status, stream=endless()))
+    hook = WebhookTarget("hook", WebhookConfig(url=f"{fake.url}/in", timeout=5.0))
+    outcome, took = await timed_send(hook, Batch.of_events([event("a")]))
+    assert outcome.verdict is verdict, outcome
+    assert took < 5.0  # answered on the bound, not on the timeout
+    if status != 200:
+        assert outcome.reason.startswith(f"HTTP {status}: xxx")
+        assert outcome.reason.endswith("(answer cut at 64 KiB)")
+    # The relay hung up after the bound: the fake wrote far less than it had to give.
+    await poll_until(lambda: fake.requests[0].status == status)
+    assert fake.requests[0].streamed < 16 * MiB
+
+
+@pytest.mark.parametrize(
+    ("status", "verdict"), [(200, Verdict.OK), (400, Verdict.REJECT), (503, Verdict.RETRY)]
+)
+async def test_an_answer_that_stops_arriving_is_read_by_its_status_at_the_timeout(
+    fake_targets: FakeTargetFactory, status: int, verdict: Verdict
+) -> None:
+    stalled = asyncio.Event()
+    release = asyncio.Event()
+
+    async def stalls() -> AsyncIterator[bytes]:
+        yield b'{"error": "part'
+        stalled.set()
+        await release.wait()  # set when the test ends, so the fake's handler ends too
+
+    fake = await fake_targets(Answer(status, stream=stalls()))
+    hook = WebhookTarget("hook", WebhookConfig(url=f"{fake.url}/in", timeout=0.5))
+    try:
+        outcome, _ = await timed_send(hook, Batch.of_events([event("a")]))
+    finally:
+        release.set()
+    assert stalled.is_set()
+    assert outcome.verdict is verdict, outcome  # a 2xx is never resent for its body
+    if status != 200:
+        assert outcome.reason == f'HTTP {status}: {{"error": "part (answer cut by the timeout)'
+
+
+async def test_mixpanels_2000_failed_records_parse_from_an_answer_past_the_common_bound(
+    fake_targets: FakeTargetFactory,
+) -> None:
+    records = [
+        {
+            "index": i,
+            "$insert_id": f"00000000-0000-4000-8000-{i:012d}",
+            "field": "properties.time",
+            "message": "'properties.time' is before 1971 or more than 1h in the future",
+        }
+        for i in range(2000)
+    ]
+    answer = orjson.dumps({"code": 400, "status": "Bad Request", "failed_records": records})
+    assert len(answer) > 256 * 1024
+    chunks = [answer[i : i + 4096] for i in range(0, len(answer), 4096)]  # as a network gives it
+    fake = await fake_targets(Answer(400, stream=chunks))
+    mp = MixpanelTarget("mp", MixpanelConfig(project_token="t", base_url=fake.url))
+    outcome, _ = await timed_send(mp, Batch.of_events([custom(i) for i in range(2000)]))
+    assert outcome.verdict is Verdict.PARTIAL, outcome.reason
+    assert outcome.events is not None and sorted(outcome.events) == list(range(2000))

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from ..events import now_ms
-from ..schema import ByteSize
+from ..schema import ByteSize, ConfigError
 from .base import GroupCommit, Spool, SpoolFull
 from .due import DueIndex, QueuedRow
 from .file_host import FileHost, ProcessHost, ThreadHost
@@ -53,6 +54,19 @@ class SqliteSpoolConfig:
     # for the event loop's GIL (the daemon's default); thread: on a thread of the relay (one
     # process fewer, slower commits under load; the DLQ commands always use it).
     writer: Literal["process", "thread"] = "process"
+
+    def __post_init__(self) -> None:
+        # A directory here passed every check, then `run` failed with "Is a directory" and the
+        # DLQ and spool commands said the file did not exist: refuse it once, for all of them.
+        if os.path.isdir(self.path):
+            example = os.path.join(self.path, "spool.db")
+            raise ConfigError("path", f"{self.path} is a directory; name a file, e.g. {example}")
+        reserve = f"{self.path}.reserve"
+        if os.path.isdir(reserve):
+            raise ConfigError(
+                "path",
+                f"{reserve} is a directory; the relay keeps its disk-full reserve file there",
+            )
 
 
 class SqliteSpool(Spool):

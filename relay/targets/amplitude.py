@@ -219,6 +219,9 @@ class AmplitudeTarget(Target):
 
     kind = "amplitude"
     config_class = AmplitudeConfig
+    # A 400 lists the indexes of the bad events per field and per list: 2000 events under a
+    # handful of fields each must parse whole.
+    answer_limit = 256 * 1024
     config: AmplitudeConfig
 
     def __init__(self, name: str, config: AmplitudeConfig) -> None:

@@ -35,7 +35,7 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -57,9 +57,6 @@ logger = logging.getLogger(__name__)
 USER_AGENT = f"statsig-relay/{__version__}"
 
 _ROW_ITEMS = msgspec.json.Decoder(list[msgspec.Raw])  # a stored row's events, not parsed
-# An error answer is read up to this much for classify(): a service that lists the events it
-# refused (by index) may need more than a line; reasons quote only its start.
-ERROR_BODY_LIMIT = 256 * 1024
 
 
 @dataclass(kw_only=True)
@@ -174,6 +171,28 @@ def override_status(
     if status in config.fail_on:
         return Outcome(Verdict.REJECT, reason, status=status)
     return None
+
+
+async def read_answer(response: aiohttp.ClientResponse, limit: int) -> tuple[bytes, str]:
+    """At most ``limit`` bytes of an answer, and why it was cut ("" when whole).
+
+    The status is known before the body, so a body that is huge, endless or stops arriving is
+    cut, never buffered or waited out: the caller decides from the status and what was read.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        while size <= limit:  # one byte past the limit tells a full answer from a cut one
+            chunk = await response.content.read(limit + 1 - size)
+            if not chunk:
+                return b"".join(chunks), ""
+            chunks.append(chunk)
+            size += len(chunk)
+    except TimeoutError:
+        return b"".join(chunks), "answer cut by the timeout"
+    except aiohttp.ClientError as exc:
+        return b"".join(chunks), f"answer cut: {type(exc).__name__}"
+    return b"".join(chunks)[:limit], f"answer cut at {limit // 1024} KiB"
 
 
 def for_the_rest(outcome: Outcome) -> Outcome:
@@ -426,6 +445,9 @@ class Target(ABC):
     # the sender's server secret, go to it unless filtered, unredacted; to any other target
     # only when a route names them, with secret-… keys redacted (relay/router.py, redact.py).
     takes_statsig_internal: ClassVar[bool] = False
+    # Bytes of an answer read for classify(); the rest is never read. A target whose service
+    # lists refused events in its answer sets more (Mixpanel, Amplitude: up to 2000 events).
+    answer_limit: ClassVar[int] = 64 * 1024
 
     def __init__(self, name: str, config: TargetConfig) -> None:
         self.name = name
@@ -476,21 +498,26 @@ class Target(ABC):
     async def post(
         self, url: str, body: bytes, headers: Mapping[str, str] | None = None
     ) -> Outcome:
-        """POST and translate every transport error and answer to an Outcome."""
+        """POST and translate every transport error and answer to an Outcome.
+
+        The answer is read up to :attr:`answer_limit`: a 2xx is delivered whatever its body; an
+        error answer cut short is still read by its status, and its reason says it was cut.
+        """
         try:
             async with self.session.post(url, data=body, headers=headers) as response:
-                text = ""
-                if not 200 <= response.status < 300:
-                    raw = await response.content.read(ERROR_BODY_LIMIT)
-                    text = raw.decode(errors="replace")
-                else:
-                    await response.read()
-                override = override_status(self.config, response.status, response.headers, text)
-                return override or self.classify(response.status, response.headers, text)
+                status, answer_headers = response.status, response.headers
+                raw, cut = await read_answer(response, self.answer_limit)
         except TimeoutError:
             return Outcome(Verdict.RETRY, f"timeout after {self.config.timeout:g}s")
         except aiohttp.ClientError as exc:
             return Outcome(Verdict.RETRY, f"network error: {type(exc).__name__}: {exc}"[:300])
+        text = "" if 200 <= status < 300 else raw.decode(errors="replace")
+        outcome = override_status(self.config, status, answer_headers, text) or self.classify(
+            status, answer_headers, text
+        )
+        if cut and outcome.verdict is not Verdict.OK:
+            outcome = replace(outcome, reason=f"{outcome.reason} ({cut})")
+        return outcome
 
     def describe(self) -> str:
         """One line for ``statsig-relay check``; never includes secrets."""
