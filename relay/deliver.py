@@ -721,6 +721,9 @@ class Deliverer:
             )
         for part, reason in result.dead:
             dead.append(dead_from(template, reason, now, part.stored_json(), part.count, attempts))
+        await self.spool.settle(rows, requeue, dead)
+        # Counted once stored: a reader of the metric finds the dead rows in the spool.
+        for part, reason in result.dead:
             self._m_dead.labels(self.name, _reason_label(reason)).inc(part.count)
             logger.warning(
                 "target %s: dead-lettered %d events: %s",
@@ -734,7 +737,6 @@ class Deliverer:
                     "reason": reason,
                 },
             )
-        await self.spool.settle(rows, requeue, dead)
 
     async def _hold(self, rows: list[SpoolRow], now: int) -> None:
         """Put rows back untouched (attempts not counted) until the next probe."""
