@@ -255,9 +255,11 @@ class Deliverer:
                 self._probe_done(probe)
                 await self._sleep(wakeup, POLL_SECONDS)
                 continue
-            if self._stopping.is_set():  # claimed as the stop began: no new send starts
+            if self._stopping.is_set():  # claimed as the stop began: given back, unsent
                 self._slots.release()
                 self._probe_done(probe)
+                with contextlib.suppress(Exception):  # else the lease lapses on its own
+                    await self.spool.release(rows)
                 break
             task = asyncio.create_task(self._deliver(rows, probe))
             self._inflight[task] = sum(r.count for r in rows)
@@ -329,6 +331,8 @@ class Deliverer:
             wakeup.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wakeup.wait(), remaining)
+            if self._stopping.is_set():
+                break
             more = await self.spool.claim(
                 self.name,
                 cfg.batch_max_events - events,

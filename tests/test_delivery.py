@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -13,6 +14,7 @@ from tests.conftest import (
     get,
     post,
     post_export,
+    relay_yaml,
     scraped_metric,
     spool_empty,
     webhook_url,
@@ -231,3 +233,23 @@ async def test_dead_letters_can_be_replayed(
 
 async def _dead_count(relay: Relay, n: int) -> bool:
     return sum(d.count for d in await relay.spool.dead_rows()) == n
+
+
+async def test_a_reload_while_a_batch_lingers_gives_its_rows_to_the_new_deliverer_at_once(
+    relay_factory: RelayFactory, fake_targets: FakeTargetFactory, tmp_path: Path
+) -> None:
+    """The old deliverer, stopped while lingering on a claim, gives the rows back rather than
+    leaving them leased for the lease's length (minutes) before the new one may claim them."""
+    fake = await fake_targets()
+    text = relay_yaml(
+        config(fake, ", batch_max_events: 100").replace("linger: 0s", "linger: 60s"), tmp_path
+    )
+    relay = await relay_factory(text, full=True)
+    assert await post_export(relay, events(3)) == 200
+    # The deliverer has claimed the row and lingers for more (60 s): its lease is held.
+    await poll_until(lambda: relay.spool._due._leased == 1)  # type: ignore[attr-defined]
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(text.replace("linger: 60s", "linger: 0s"))
+    assert await relay.reload(str(changed))
+    await fake.wait_for(lambda: len(fake.requests) == 1, timeout=5)
+    assert uuids(fake.requests[0].events()) == uuids(events(3))

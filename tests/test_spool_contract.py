@@ -237,6 +237,16 @@ async def test_a_renewed_lease_holds_the_row_and_a_lapsed_one_is_not_renewed(
     assert await spool.renew(again, 30) == 0  # settled rows are not renewed
 
 
+async def test_released_rows_are_due_at_once_with_no_attempt_counted(spool: Spool) -> None:
+    await spool.enqueue([new_row("a"), new_row("b")])
+    rows = await spool.claim("t", 100, BIG, 30)
+    assert await spool.claim("t", 100, BIG, 30) == []  # leased
+    await spool.release(rows)
+    again = await spool.claim("t", 100, BIG, 30)
+    assert [r.body for r in again] == [r.body for r in rows]  # in order, not after a lease
+    assert [r.attempts for r in again] == [0, 0]
+
+
 async def test_retry_counts_an_attempt_and_hides_the_row_until_next_attempt(spool: Spool) -> None:
     await spool.enqueue([new_row("a")])
     rows = await spool.claim("t", 10, BIG, 30)

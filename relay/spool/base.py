@@ -167,6 +167,12 @@ class Spool(ABC):
         return how many were renewed. A row whose lease ran out and was claimed again, or that
         was settled meanwhile, is left alone."""
 
+    async def release(self, rows: Sequence[SpoolRow]) -> None:
+        """Give claimed rows back unsent, due at once and no attempt counted (a deliverer that
+        claimed them as a stop began): a lease that lapses now, so a new deliverer (after a
+        reload) or another replica need not wait the lease out."""
+        await self.renew(rows, 0)
+
     @abstractmethod
     async def ack(self, rows: Sequence[SpoolRow]) -> None:
         """Delivered: remove the rows."""
