@@ -9,6 +9,7 @@ import contextlib
 import logging
 import math
 import os
+import re
 import sys
 import time
 import urllib.error
@@ -577,6 +578,22 @@ def _not_admin(exc: Exception) -> str:
     return ""
 
 
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP header name (RFC 9110)
+
+
+def _header_problem(name: str, value: str) -> str:
+    """Why ``--header NAME: VALUE`` cannot be sent, or ""."""
+    if not _TOKEN.fullmatch(name):
+        return "not a header name (expected NAME: VALUE)"
+    if "\r" in value or "\n" in value:
+        return "the value holds a line break"
+    try:  # http.client sends header values as latin-1
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        return "not latin-1"
+    return ""
+
+
 def _send(args: argparse.Namespace) -> int:
     import urllib.request
 
@@ -593,13 +610,12 @@ def _send(args: argparse.Namespace) -> int:
         headers[TIMESTAMP_HEADER] = timestamp
         headers[SIGNATURE_HEADER] = sign(args.secret.encode(), timestamp, body)
     for header in args.header:
-        name, _, value = header.partition(":")
-        try:  # http.client sends header values as latin-1
-            value.strip().encode("latin-1")
-        except UnicodeEncodeError:
-            print(f"statsig-relay: send: --header {name.strip()}: not latin-1", file=sys.stderr)
+        name, _, value = (part.strip() for part in header.partition(":"))
+        problem = _header_problem(name, value)
+        if problem:
+            print(f"statsig-relay: send: --header {name[:60]!r}: {problem}", file=sys.stderr)
             return 2
-        headers[name.strip()] = value.strip()
+        headers[name] = value
     try:
         request = urllib.request.Request(args.url, data=body, headers=headers, method="POST")
         with urllib.request.urlopen(request, timeout=30) as response:

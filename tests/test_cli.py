@@ -140,7 +140,10 @@ def test_send_with_an_unreadable_file_a_bad_url_or_header_says_so_and_exits_2(
         (url, str(tmp_path)): "cannot read",
         ("not-a-url", str(body)): "not-a-url",
         ("http://[::1/x", str(body)): "http://[::1/x",
-        (url, str(body), "--header", "X-Note: €"): "X-Note",
+        (url, str(body), "--header", "X-Note: €"): "'X-Note': not latin-1",
+        (url, str(body), "--header", ": v"): "'': not a header name",
+        (url, str(body), "--header", "é: v"): "'é': not a header name",
+        (url, str(body), "--header", "X-Two: a\nb"): "'X-Two': the value holds a line break",
     }
     for args, named in uses.items():
         result = cli("send", *args)
