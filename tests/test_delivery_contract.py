@@ -30,6 +30,7 @@ from relay.targets.base import Batch, Outcome, Target, TargetConfig, Verdict, js
 from tests.conftest import (
     RelayFactory,
     admin_url,
+    dead_count,
     get,
     metric,
     post_export,
@@ -466,3 +467,33 @@ routes: [{{name: r, from: s, to: out}}]
             {},
         )
     assert error in str(raised.value)
+
+
+async def test_one_event_too_large_for_a_proxy_is_dead_lettered_alone_not_holding_the_target(
+    relay_factory: RelayFactory, fake_targets: FakeTargetFactory
+) -> None:
+    """A fresh relay (nothing delivered yet) whose oldest row is one event too big for the
+    receiver's proxy and too big to share a claim. Refused alone before anything was taken, it
+    is blamed on the target and held, which puts it behind the rows that came after it; they
+    are delivered, the target is proven, and the event is dead-lettered alone."""
+
+    def proxy(request: RecordedRequest) -> Answer:
+        return Answer(413) if len(request.raw) > 4000 else Answer(200)
+
+    fake = await fake_targets(default=proxy)
+    relay = await relay_factory(f"""
+sources:
+  statsig: {{type: statsig_webhook}}
+targets:
+  out: {{type: webhook, url: "{fake.url}/in", batch_max_bytes: 3000, {FAST}}}
+routes:
+  - {{name: all, from: statsig, to: out}}
+""")
+    big = [{**events(1, "big")[0], "metadata": {"blob": "x" * 5000}}]
+    assert await post_export(relay, big) == 200
+    assert await post_export(relay, events(5, "small")) == 200
+    await poll_until(lambda: len(delivered(fake)) == 5)
+    await poll_until(lambda: dead_count(relay, "out"))
+    (dead,) = await relay.spool.dead_rows("out")
+    assert dead.count == 1 and "413" in dead.reason
+    await poll_until(lambda: not relay.targets["out"].health.failing)
