@@ -249,3 +249,24 @@ async def test_a_write_whose_key_is_stored_is_left_out_of_the_commit(tmp_path: P
         assert await spool.claim("t", 100, BIG, 30) == []
     finally:
         await spool.close()
+
+
+async def test_a_write_after_close_is_refused_without_starting_a_new_writer(
+    tmp_path: Path,
+) -> None:
+    """A request whose handler outlived the shutdown's grace may still write: the closed spool
+    refuses it (a 503) rather than taking the file's lock again with a new writer."""
+    spool = await open_spool(tmp_path / "spool.db")
+    await spool.close()
+    try:
+        await spool.enqueue([row("late")])
+    except RuntimeError as exc:
+        assert "spool is not open" in str(exc)
+    else:
+        raise AssertionError("a closed spool took a write")
+    assert not spool._host.running  # no writer was started to take it
+    reopened = await open_spool(tmp_path / "spool.db")
+    try:
+        assert await reopened.claim("t", 100, BIG, 30) == []
+    finally:
+        await reopened.close()

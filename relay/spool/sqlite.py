@@ -91,12 +91,14 @@ class SqliteSpool(Spool):
         # go on meanwhile (relay/spool/room.py), and a task looks for room again.
         self._disk_full = ""
         self._room_task: asyncio.Task[None] | None = None
+        self._closing = False  # close() began: a writer that is gone stays gone
 
     # -- lifecycle -------------------------------------------------------------------------
     async def open(self) -> None:
         """Start the writer and open the file (also to replace a writer that died); a writer
         whose open failed is stopped again, so the next call starts a new one instead of
         using a writer with no file."""
+        self._closing = False
         await self._host.start()
         try:
             self._take_in(await self._host.call("open", self._max_id + 1))
@@ -123,6 +125,7 @@ class SqliteSpool(Spool):
         self._notify(targets)
 
     async def close(self, grace: float | None = None) -> None:
+        self._closing = True
         await self._group_commit.idle(grace)
         if self._room_task is not None:
             self._room_task.cancel()
@@ -158,6 +161,8 @@ class SqliteSpool(Spool):
         """``operation`` on the file; a writer process that died is started again first (its
         calls under way failed: their callers answered 503 or will retry)."""
         if not self._host.running:
+            if self._closing:  # a late write of a shutdown: refused (503), no new writer
+                raise RuntimeError("spool is not open")
             async with self._restarting:
                 if not self._host.running:
                     await self._host.stop()
