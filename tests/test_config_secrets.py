@@ -119,20 +119,25 @@ routes: [{{name: all, from: hook, to: out}}]
     return path
 
 
+def run_check(path: Path) -> subprocess.CompletedProcess[str]:
+    """``statsig-relay check -c path`` as a process, in the config's folder, with a bare env."""
+    return subprocess.run(
+        [sys.executable, "-m", "relay", "check", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=path.parent,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO_ROOT)},
+        timeout=30,
+    )
+
+
 @pytest.mark.parametrize("case", list(MISTYPED))
 def test_check_names_the_field_and_type_of_a_mistyped_secret_never_its_value(
     tmp_path: Path, case: str
 ) -> None:
     sources, targets, message = MISTYPED[case]
     path = write_config(tmp_path, sources, targets)
-    result = subprocess.run(
-        [sys.executable, "-m", "relay", "check", "-c", str(path)],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO_ROOT)},
-        timeout=30,
-    )
+    result = run_check(path)
     assert result.returncode == 2, result.stdout + result.stderr
     assert message in result.stderr
     assert "LEAKED" not in result.stdout + result.stderr
@@ -162,14 +167,7 @@ UNQUOTED_NUMBERS = {
 def test_check_refuses_a_secret_that_yaml_read_as_a_number(tmp_path: Path, case: str) -> None:
     sources, targets, message = UNQUOTED_NUMBERS[case]
     path = write_config(tmp_path, sources, targets)
-    result = subprocess.run(
-        [sys.executable, "-m", "relay", "check", "-c", str(path)],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO_ROOT)},
-        timeout=30,
-    )
+    result = run_check(path)
     assert result.returncode == 2, result.stdout + result.stderr
     assert message in result.stderr
     for shown in ("493", "0755", "8675309", "8_675_309"):
@@ -201,14 +199,7 @@ def test_check_points_at_a_yaml_syntax_error_without_quoting_the_line(
     text, message = BROKEN_YAML[case]
     path = tmp_path / "relay.yaml"
     path.write_text(text)
-    result = subprocess.run(
-        [sys.executable, "-m", "relay", "check", "-c", str(path)],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO_ROOT)},
-        timeout=30,
-    )
+    result = run_check(path)
     assert result.returncode == 2, result.stdout + result.stderr
     assert f"{path} is not valid YAML: " in result.stderr
     assert message in result.stderr
@@ -295,14 +286,7 @@ async def test_a_password_in_a_target_url_is_hidden_by_check_and_on_status(
 ) -> None:
     """``check`` and /status showed statsig, grafana, segment, … URLs with their password."""
     path = write_config(tmp_path, HOOK, URL_TARGETS)
-    result = subprocess.run(
-        [sys.executable, "-m", "relay", "check", "-c", str(path)],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO_ROOT)},
-        timeout=30,
-    )
+    result = run_check(path)
     assert result.returncode == 0, result.stderr
     assert "LEAKED" not in result.stdout + result.stderr, result.stdout
     assert "st: statsig log_event http://relay:[redacted]@127.0.0.1:9/v1/log_event" in result.stdout

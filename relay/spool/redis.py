@@ -148,6 +148,22 @@ local function del_dead(id)
   redis.call('HINCRBY', p..':events', 'd:'..d[1], 0 - tonumber(d[4]))
   return d
 end
+-- From ARGV[at]: a count n, n new rows (8 values each), then dead rows (8 each) to the end.
+-- Returns the bytes added.
+local function add_new_and_dead(at)
+  local delta, i = 0, at + 1
+  for _ = 1, tonumber(ARGV[at]) do
+    delta = delta + add_row(redis.call('INCR', p..':seq'), ARGV[i], ARGV[i+1], ARGV[i+2],
+                            ARGV[i+3], ARGV[i+4], ARGV[i+5], ARGV[i+6], ARGV[i+7])
+    i = i + 8
+  end
+  while i <= #ARGV do
+    delta = delta + add_dead(redis.call('INCR', p..':seq'), ARGV[i], ARGV[i+1], ARGV[i+2],
+                             ARGV[i+3], ARGV[i+4], ARGV[i+5], ARGV[i+6], ARGV[i+7])
+    i = i + 8
+  end
+  return delta
+end
 -- Dead ids matching (target, ids), at most chunk when ids are not given.
 local function select_dead(target, chunk, first_id_arg)
   local out = {}
@@ -276,19 +292,7 @@ end
 if ndel > 0 and found == 0 then
   return tonumber(redis.call('GET', p..':bytes') or '0')
 end
-local nreq = tonumber(ARGV[i])
-i = i + 1
-for _ = 1, nreq do
-  delta = delta + add_row(redis.call('INCR', p..':seq'), ARGV[i], ARGV[i+1], ARGV[i+2],
-                          ARGV[i+3], ARGV[i+4], ARGV[i+5], ARGV[i+6], ARGV[i+7])
-  i = i + 8
-end
-while i <= #ARGV do
-  delta = delta + add_dead(redis.call('INCR', p..':seq'), ARGV[i], ARGV[i+1], ARGV[i+2],
-                           ARGV[i+3], ARGV[i+4], ARGV[i+5], ARGV[i+6], ARGV[i+7])
-  i = i + 8
-end
-return redis.call('INCRBY', p..':bytes', delta)
+return redis.call('INCRBY', p..':bytes', delta + add_new_and_dead(i))
 """
 
 # ARGV: prefix, target or '', chunk, ids...  → {events, rows, targets...}
@@ -322,19 +326,7 @@ _SPLIT_DEAD = """
 local d = del_dead(ARGV[2])
 if not d then return {0, tonumber(redis.call('GET', p..':bytes') or '0')} end
 local delta = 0 - #d[3]
-local nreq = tonumber(ARGV[3])
-local i = 4
-for _ = 1, nreq do
-  delta = delta + add_row(redis.call('INCR', p..':seq'), ARGV[i], ARGV[i+1], ARGV[i+2],
-                          ARGV[i+3], ARGV[i+4], ARGV[i+5], ARGV[i+6], ARGV[i+7])
-  i = i + 8
-end
-while i <= #ARGV do
-  delta = delta + add_dead(redis.call('INCR', p..':seq'), ARGV[i], ARGV[i+1], ARGV[i+2],
-                           ARGV[i+3], ARGV[i+4], ARGV[i+5], ARGV[i+6], ARGV[i+7])
-  i = i + 8
-end
-return {1, redis.call('INCRBY', p..':bytes', delta)}
+return {1, redis.call('INCRBY', p..':bytes', delta + add_new_and_dead(3))}
 """
 
 # ARGV: prefix → {bytes, then per target: t, rows, events, oldest, dead rows, events, oldest}
