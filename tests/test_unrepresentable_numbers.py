@@ -227,3 +227,22 @@ async def test_a_request_level_part_beyond_a_double_refuses_the_request(
     assert status == 400 and answer["error"].startswith("context.n: an integer of 400"), answer
     assert metric(relay, "relay_internal_errors_total", source="sdk") == 0
     assert not sink.events()
+
+
+async def test_a_lone_surrogate_in_a_segment_batch_context_refuses_the_request(
+    relay_factory: RelayFactory, sink: FakeTarget
+) -> None:
+    """orjson refuses a lone surrogate; the parser that reads a body holding a number beyond
+    a double lets it by. In the batch's ``context`` it would fail every message, and the
+    request was answered 200 with each message rejected: now a 400 naming ``context``."""
+    relay = await relay_factory(config(sink.url, True))
+    message = {"type": "track", "event": "e", "userId": "u", "messageId": "m1"}
+    other = {"type": "track", "event": "far", "userId": "u", "messageId": "m2", "n": "<number>"}
+    body = with_number(
+        {"batch": [other, message], "context": {"k": "<surrogate>"}, "writeKey": SEGMENT_KEY},
+        "1e400",
+    ).replace(b'"<surrogate>"', b'"\\ud800"')
+    status, answer = await post_json(relay, "/segment/v1/batch", body)
+    assert status == 400, answer
+    assert answer["error"].startswith("context: cannot be encoded as JSON"), answer
+    assert not sink.events()

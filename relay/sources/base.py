@@ -199,6 +199,18 @@ def event_problem(item: Any) -> str | None:
     return None
 
 
+def refuse_shared(value: dict[str, Any], field: str) -> None:
+    """A part of the request that goes onto every event (a Segment batch's ``context``, a
+    log_event request's ``user`` or ``statsigMetadata``) that no event could carry (a number
+    beyond a double, nesting too deep, a lone surrogate) refuses the request with a 400 naming
+    it, as a malformed body would be: the events were screened without it."""
+    problem = unrepresentable_at(value, field)
+    if problem is None and (problem := event_problem({field: value})) is not None:
+        problem = f"{field}: {problem}"
+    if problem is not None:
+        raise SourceError(400, problem)
+
+
 def key_matches(presented: str | None, keys: Sequence[str]) -> bool:
     """Constant-time membership test of a presented API key against the configured ones."""
     if not presented:

@@ -32,7 +32,6 @@ from ..mapping import (
     skew_corrected_ms,
     string_map,
 )
-from ..numbers import unrepresentable_at
 from ..rename import RenameSetting, compile_rename
 from ..schema import ByteSize, ConfigError, Duration, secret
 from .base import (
@@ -44,6 +43,7 @@ from .base import (
     event_problem,
     key_matches,
     load_json,
+    refuse_shared,
 )
 
 CALLS = ("track", "page", "screen", "identify", "group", "alias")
@@ -203,12 +203,8 @@ class SegmentSource(Source):
         sent_at = document.get("sentAt")
         shared = document.get("context")
         shared_context = shared if isinstance(shared, dict) and shared else None
-        if deep and shared_context is not None:
-            # The batch's context is every message's: a number in it that no target can carry
-            # refuses the request, as a malformed body would be.
-            problem = unrepresentable_at(shared_context, "context")
-            if problem is not None:
-                raise SourceError(400, problem)
+        if deep and shared_context is not None:  # the batch's context is every message's
+            refuse_shared(shared_context, "context")
         # Only a body over the message limit can hold an oversize message: skip the re-encoding
         # of every message otherwise.
         max_message = self.config.max_message_size

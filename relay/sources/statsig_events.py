@@ -40,7 +40,6 @@ import orjson
 from aiohttp import web
 
 from ..events import MAX_MS, MIN_MS, Event, identity_problem, to_epoch_ms
-from ..numbers import unrepresentable_at
 from ..schema import ConfigError, secret
 from .base import (
     Endpoint,
@@ -51,6 +50,7 @@ from .base import (
     event_problem,
     key_matches,
     load_json,
+    refuse_shared,
 )
 
 KEY_HEADER = "statsig-api-key"
@@ -149,7 +149,7 @@ class StatsigEventsSource(Source):
             request_meta = document.get("statsigMetadata")
             stable_id = request_meta.get("stableID") if isinstance(request_meta, dict) else None
             if deep and isinstance(request_meta, dict):
-                _refuse_shared(request_meta, "statsigMetadata")
+                refuse_shared(request_meta, "statsigMetadata")
         elif isinstance(document, list):
             items = document
             stable_id = request_meta = None
@@ -188,7 +188,7 @@ def _parse_items(
     events = parsed.events
     if deep and shared_user is not None:
         # The request's user is every event's that has none.
-        _refuse_shared(shared_user, "user")
+        refuse_shared(shared_user, "user")
     for index, item in enumerate(items):
         problem = (deep and event_problem(item)) or normalise_sdk_event(
             item, received_ms, shared_user, webhook
@@ -201,17 +201,6 @@ def _parse_items(
         reasons = "; ".join(parsed.errors)
         raise SourceError(400, f"no usable event in the request: {reasons}")
     return parsed
-
-
-def _refuse_shared(value: dict[str, Any], field: str) -> None:
-    """A part of the request that goes onto every event (``user``, ``statsigMetadata``) holding
-    a number that no target can carry, or nesting too deep for an event to hold it, refuses
-    the request, as a malformed body would be: the events were screened without it."""
-    problem = unrepresentable_at(value, field)
-    if problem is None and (problem := event_problem({field: value})) is not None:
-        problem = f"{field}: {problem}"
-    if problem is not None:
-        raise SourceError(400, problem)
 
 
 def normalise_sdk_event(
