@@ -14,7 +14,8 @@ as a 400-digit integer or ``1e400`` is), so the deliverer must isolate such an e
 holding back or losing the canaries stored with it.
 
 CI runs ``DEFAULT_EXAMPLES`` per source, derandomized (the same bodies every run). Set
-``RELAY_FUZZ_EXAMPLES=20000`` to run that many per source; ``-s`` shows the figures.
+``RELAY_FUZZ_EXAMPLES=20000`` to run that many per source, and ``RELAY_FUZZ_SEED=N`` for other
+bodies than CI's; ``-s`` shows the figures.
 
 The relay and the fakes run on an event loop in a thread of their own (hypothesis drives a
 synchronous test), in process; ``test_fuzz_daemon_process`` sends the same kind of bodies to
@@ -44,7 +45,7 @@ from typing import Any, TypeVar
 import aiohttp
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 from relay.app import Relay
@@ -60,6 +61,7 @@ from tests.fakes import FakeTarget, RecordedRequest, poll_until
 
 DEFAULT_EXAMPLES = 250
 EXAMPLES = int(os.environ.get("RELAY_FUZZ_EXAMPLES") or DEFAULT_EXAMPLES)
+SEED = os.environ.get("RELAY_FUZZ_SEED") or None
 
 SECRET = "whsec-fuzz"
 WRITE_KEY = "seg-fuzz"
@@ -606,15 +608,20 @@ PLANS: dict[str, Callable[[Canaries], st.SearchStrategy[Plan]]] = {
 }
 
 
-def fuzz_settings(examples: int) -> settings:
-    return settings(
+def fuzz_settings(examples: int) -> Callable[[T], T]:
+    """Hypothesis settings for a fuzz test: derandomized (CI is deterministic), unless
+    ``RELAY_FUZZ_SEED`` asks for other bodies than CI's, e.g. a long run before a release."""
+    chosen = settings(
         max_examples=examples,
-        derandomize=True,  # the same bodies on every run: CI is deterministic
+        derandomize=SEED is None,
         database=None,
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
         print_blob=True,
     )
+    if SEED is None:
+        return chosen
+    return lambda test: seed(int(SEED))(chosen(test))
 
 
 @pytest.fixture
