@@ -76,6 +76,19 @@ def budget(n: int) -> int:
     return 2 * math.ceil(math.log2(n)) + 10
 
 
+def one_at_a_time(fake: FakeTarget) -> str:
+    """A webhook target sending one batch of up to 500 at a time, probing after 1 to 2 s."""
+    return f"""
+sources:
+  statsig: {{type: statsig_webhook}}
+targets:
+  out: {{type: webhook, url: "{fake.url}/in", batch_max_events: 500, concurrency: 1,
+         {FAST}, retry_initial: 1s, retry_max: 2s}}
+routes:
+  - {{name: all, from: statsig, to: out}}
+"""
+
+
 def strict(request: RecordedRequest) -> Answer:
     """A receiver that refuses any body it cannot parse, as a strict JSON parser does."""
     return Answer(200) if request.is_json else Answer(400, json={"error": "invalid JSON"})
@@ -216,15 +229,7 @@ async def test_a_target_that_rejects_everything_is_probed_not_hammered_and_loses
 ) -> None:
     caplog.set_level(logging.INFO)
     fake = await fake_targets(default=Answer(400, json={"error": "schema mismatch"}))
-    relay = await relay_factory(f"""
-sources:
-  statsig: {{type: statsig_webhook}}
-targets:
-  out: {{type: webhook, url: "{fake.url}/in", batch_max_events: 500, concurrency: 1,
-         {FAST}, retry_initial: 1s, retry_max: 2s}}
-routes:
-  - {{name: all, from: statsig, to: out}}
-""")
+    relay = await relay_factory(one_at_a_time(fake))
     assert await post_export(relay, events(500)) == 200
     await poll_until(lambda: relay.targets["out"].health.failing)
     first_batch = len(fake.requests)
@@ -286,15 +291,7 @@ async def test_a_target_that_answers_413_to_everything_is_held_not_dead_lettered
     is the target's problem, like a 400 for everything: bounded requests, failing, held."""
     too_large = Answer(413, body=b"<html>413 Request Entity Too Large</html>")
     fake = await fake_targets(default=too_large)
-    relay = await relay_factory(f"""
-sources:
-  statsig: {{type: statsig_webhook}}
-targets:
-  out: {{type: webhook, url: "{fake.url}/in", batch_max_events: 500, concurrency: 1,
-         {FAST}, retry_initial: 1s, retry_max: 2s}}
-routes:
-  - {{name: all, from: statsig, to: out}}
-""")
+    relay = await relay_factory(one_at_a_time(fake))
     assert await post_export(relay, events(60)) == 200
     await poll_until(lambda: relay.targets["out"].health.failing)
     assert len(fake.requests) <= budget(60), len(fake.requests)
